@@ -1,0 +1,110 @@
+// Elementwise ops: unary maps and their derivatives, broadcast binary ops, axpy.
+// Unary op codes (must match UnaryOp in src/ops/elementwise.rs):
+//   0 scale a*x + b   1 silu   2 softplus_beta   3 sigmoid   4 abs   5 sign   6 exp   7 square
+
+struct Params {
+    n: u32,        // number of output elements
+    op: u32,       // unary or binary op code
+    alpha: f32,    // scale a / softplus beta / axpy alpha
+    beta: f32,     // shift b
+    shape: vec4<u32>,   // output shape, left-padded to 4D
+    sa: vec4<u32>,      // element strides of a over the output index (0 = broadcast)
+    sb: vec4<u32>,      // element strides of b over the output index (0 = broadcast)
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;        // (n) or broadcastable
+@group(0) @binding(2) var<storage, read> b: array<f32>;        // (n) or broadcastable
+@group(0) @binding(3) var<storage, read_write> out: array<f32>; // (n)
+
+fn sigmoid(x: f32) -> f32 {
+    // Both branches avoid exp overflow.
+    if (x >= 0.0) {
+        return 1.0 / (1.0 + exp(-x));
+    }
+    let e = exp(x);
+    return e / (1.0 + e);
+}
+
+fn softplus(x: f32, beta: f32) -> f32 {
+    let z = beta * x;
+    if (z > 20.0) {
+        return x;
+    }
+    // log1p(exp(z)) for z <= 20, stable for very negative z.
+    return (max(z, 0.0) + log(1.0 + exp(-abs(z)))) / beta;
+}
+
+fn unary_f(x: f32) -> f32 {
+    switch p.op {
+        case 0u: { return p.alpha * x + p.beta; }
+        case 1u: { return x * sigmoid(x); }
+        case 2u: { return softplus(x, p.alpha); }
+        case 3u: { return sigmoid(x); }
+        case 4u: { return abs(x); }
+        case 5u: { return sign(x); }
+        case 6u: { return exp(x); }
+        case 7u: { return x * x; }
+        default: { return 0.0; }
+    }
+}
+
+// d f / d x
+fn unary_df(x: f32) -> f32 {
+    switch p.op {
+        case 0u: { return p.alpha; }
+        case 1u: { let s = sigmoid(x); return s * (1.0 + x * (1.0 - s)); }
+        case 2u: { return sigmoid(p.alpha * x); }
+        case 3u: { let s = sigmoid(x); return s * (1.0 - s); }
+        case 4u: { return sign(x); }
+        case 5u: { return 0.0; }
+        case 6u: { return exp(x); }
+        case 7u: { return 2.0 * x; }
+        default: { return 0.0; }
+    }
+}
+
+// out = f(a)
+@compute @workgroup_size(256)
+fn unary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg, 256u);
+    if (i >= p.n) { return; }
+    out[i] = unary_f(a[i]);
+}
+
+// dx = dy * f'(x); a = x, b = dy
+@compute @workgroup_size(256)
+fn unary_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg, 256u);
+    if (i >= p.n) { return; }
+    out[i] = b[i] * unary_df(a[i]);
+}
+
+// out = a (op) b with broadcasting; op 0 add, 1 sub, 2 mul
+@compute @workgroup_size(256)
+fn binary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg, 256u);
+    if (i >= p.n) { return; }
+    let i3 = i % p.shape.w;
+    let i2 = (i / p.shape.w) % p.shape.z;
+    let i1 = (i / (p.shape.w * p.shape.z)) % p.shape.y;
+    let i0 = i / (p.shape.w * p.shape.z * p.shape.y);
+    let idx = vec4<u32>(i0, i1, i2, i3);
+    let x = a[dot(idx, p.sa)];
+    let y = b[dot(idx, p.sb)];
+    var r: f32;
+    switch p.op {
+        case 0u: { r = x + y; }
+        case 1u: { r = x - y; }
+        default: { r = x * y; }
+    }
+    out[i] = r;
+}
+
+// out = alpha * a + beta * out (in place on out)
+@compute @workgroup_size(256)
+fn axpby(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg, 256u);
+    if (i >= p.n) { return; }
+    out[i] = p.alpha * a[i] + p.beta * out[i];
+}

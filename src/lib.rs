@@ -1,0 +1,13 @@
+//! proxdm: Proximal Diffusion Models and Learned Proximal Networks on a hand-written wgpu engine.
+//!
+//! Layers, bottom to top: [`engine`] (adapter, buffers, pipelines, command recording),
+//! [`tensor`] (GPU tensors), [`ops`] (one WGSL kernel family per module, with CPU references).
+
+pub mod engine;
+pub mod error;
+pub mod ops;
+pub mod tensor;
+
+pub use engine::Engine;
+pub use error::{Error, Result};
+pub use tensor::Tensor;

@@ -1,0 +1,316 @@
+//! Reductions over chosen axes (sum, mean, sum of squares, L2 norm) with keep-dim shapes,
+//! per-row and per-sample norms, and `sum_to` (the backward of broadcasting).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{pad4, strides4, u32x4};
+use crate::engine::{Kernel, Shader};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+pub static SHADER: Shader = Shader::new("reduce", include_str!("../../shaders/reduce.wgsl"));
+const FORWARD: Kernel = Kernel::new(&SHADER, "forward");
+const BACKWARD: Kernel = Kernel::new(&SHADER, "backward");
+
+/// Mirrors `Params` in reduce.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default)]
+struct Params {
+    n: u32,
+    op: u32,
+    count: u32,
+    scale: f32,
+    strides: [u32; 4], // input element strides
+    red: [u32; 4],     // extent of each reduced axis (1 if kept)
+    kept: [u32; 4],    // output shape (1 on reduced axes)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceOp {
+    Sum = 0,
+    Mean = 1,
+    SumSq = 2,
+    /// √(Σ x²)
+    Norm = 3,
+}
+
+/// Builds params and the keep-dim output shape for reducing `shape` over `axes`.
+fn plan(
+    op_name: &'static str,
+    shape: &[usize],
+    axes: &[usize],
+    op: ReduceOp,
+) -> Result<(Params, Vec<usize>)> {
+    let s = pad4(op_name, shape)?;
+    let off = 4 - shape.len();
+    let mut red = [1usize; 4];
+    let mut kept = s;
+    for &a in axes {
+        if a >= shape.len() {
+            return Err(Error::shape(
+                op_name,
+                format!("axis {a} out of range for shape {shape:?}"),
+            ));
+        }
+        red[a + off] = s[a + off];
+        kept[a + off] = 1;
+    }
+    let count: usize = red.iter().product();
+    let out_shape = kept[off..].to_vec();
+    Ok((
+        Params {
+            n: kept.iter().product::<usize>() as u32,
+            op: op as u32,
+            count: count as u32,
+            scale: 1.0 / count.max(1) as f32,
+            strides: u32x4(strides4(s)),
+            red: u32x4(red),
+            kept: u32x4(kept),
+        },
+        out_shape,
+    ))
+}
+
+/// Reduces `x` over `axes`; reduced axes stay with extent 1.
+pub fn reduce(x: &Tensor, axes: &[usize], op: ReduceOp) -> Result<Tensor> {
+    let (p, out_shape) = plan("reduce", x.shape(), axes, op)?;
+    let e = x.engine();
+    let y = Tensor::uninit(e, &out_shape)?;
+    e.dispatch(FORWARD, &p, &[x, &y], e.grid(p.n as usize, 64))?;
+    Ok(y)
+}
+
+/// dx for y = reduce(x, axes, op) given dy (shape of y).
+pub fn reduce_backward(
+    x: &Tensor,
+    y: &Tensor,
+    dy: &Tensor,
+    axes: &[usize],
+    op: ReduceOp,
+) -> Result<Tensor> {
+    let (p, out_shape) = plan("reduce_backward", x.shape(), axes, op)?;
+    if dy.shape() != out_shape.as_slice() || y.shape() != out_shape.as_slice() {
+        return Err(Error::shape(
+            "reduce_backward",
+            format!(
+                "dy {:?} and y {:?} must have the reduced shape {out_shape:?}",
+                dy.shape(),
+                y.shape()
+            ),
+        ));
+    }
+    let e = x.engine();
+    let dx = Tensor::uninit(e, x.shape())?;
+    e.dispatch(BACKWARD, &p, &[x, y, dy, &dx], e.grid(x.numel(), 256))?;
+    Ok(dx)
+}
+
+pub fn sum(x: &Tensor, axes: &[usize]) -> Result<Tensor> {
+    reduce(x, axes, ReduceOp::Sum)
+}
+
+pub fn mean(x: &Tensor, axes: &[usize]) -> Result<Tensor> {
+    reduce(x, axes, ReduceOp::Mean)
+}
+
+/// L2 norm of each row (over the last axis).
+pub fn row_norm(x: &Tensor) -> Result<Tensor> {
+    let last = x.shape().len().saturating_sub(1);
+    reduce(x, &[last], ReduceOp::Norm)
+}
+
+/// L2 norm of each sample (over every axis but the first).
+pub fn sample_norm(x: &Tensor) -> Result<Tensor> {
+    let axes: Vec<usize> = (1..x.shape().len()).collect();
+    reduce(x, &axes, ReduceOp::Norm)
+}
+
+/// Sums `x` down to `shape` (which must broadcast to x's shape): the gradient of a broadcast.
+pub fn sum_to(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    if x.shape() == shape {
+        return Ok(x.clone());
+    }
+    let xs = x.shape();
+    if shape.len() > xs.len() {
+        return Err(Error::shape(
+            "sum_to",
+            format!("{xs:?} cannot be summed to {shape:?}"),
+        ));
+    }
+    let off = xs.len() - shape.len();
+    let mut axes: Vec<usize> = (0..off).collect();
+    for (i, &s) in shape.iter().enumerate() {
+        if s != xs[off + i] {
+            if s != 1 {
+                return Err(Error::shape(
+                    "sum_to",
+                    format!("{xs:?} cannot be summed to {shape:?}"),
+                ));
+            }
+            axes.push(off + i);
+        }
+    }
+    reduce(x, &axes, ReduceOp::Sum)?.reshape(shape)
+}
+
+/// CPU references in f64.
+pub mod cpu {
+    use super::ReduceOp;
+
+    /// Reduces a 4D-padded `x` of shape `s` over the axes flagged in `red`.
+    pub fn reduce(x: &[f64], s: [usize; 4], red: [bool; 4], op: ReduceOp) -> Vec<f64> {
+        let kept: [usize; 4] = std::array::from_fn(|i| if red[i] { 1 } else { s[i] });
+        let mut out = vec![0.0; kept.iter().product()];
+        let mut count = vec![0usize; out.len()];
+        for (i, &v) in x.iter().enumerate() {
+            let o = out_index(i, s, kept);
+            out[o] += if matches!(op, ReduceOp::SumSq | ReduceOp::Norm) {
+                v * v
+            } else {
+                v
+            };
+            count[o] += 1;
+        }
+        for (o, c) in out.iter_mut().zip(count) {
+            match op {
+                ReduceOp::Mean => *o /= c as f64,
+                ReduceOp::Norm => *o = o.sqrt(),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    pub fn reduce_backward(
+        x: &[f64],
+        s: [usize; 4],
+        red: [bool; 4],
+        op: ReduceOp,
+        dy: &[f64],
+    ) -> Vec<f64> {
+        let kept: [usize; 4] = std::array::from_fn(|i| if red[i] { 1 } else { s[i] });
+        let y = reduce(x, s, red, op);
+        let count = (x.len() / y.len().max(1)) as f64;
+        x.iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let o = out_index(i, s, kept);
+                match op {
+                    ReduceOp::Sum => dy[o],
+                    ReduceOp::Mean => dy[o] / count,
+                    ReduceOp::SumSq => 2.0 * v * dy[o],
+                    ReduceOp::Norm => dy[o] * v / y[o],
+                }
+            })
+            .collect()
+    }
+
+    fn out_index(i: usize, s: [usize; 4], kept: [usize; 4]) -> usize {
+        let idx = [
+            i / (s[1] * s[2] * s[3]),
+            (i / (s[2] * s[3])) % s[1],
+            (i / s[3]) % s[2],
+            i % s[3],
+        ];
+        let j: [usize; 4] = std::array::from_fn(|k| if kept[k] == 1 { 0 } else { idx[k] });
+        ((j[0] * kept[1] + j[1]) * kept[2] + j[2]) * kept[3] + j[3]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::*;
+
+    const OPS: [ReduceOp; 4] = [
+        ReduceOp::Sum,
+        ReduceOp::Mean,
+        ReduceOp::SumSq,
+        ReduceOp::Norm,
+    ];
+
+    #[test]
+    fn reductions_match_cpu_and_finite_differences() {
+        let cases: [(&[usize], &[usize]); 6] = [
+            (&[3, 5, 7, 9], &[0, 2, 3]), // bias gradient shape: over N, H, W
+            (&[3, 5, 7, 9], &[1, 2, 3]), // per sample
+            (&[1, 4, 33], &[2]),         // per row
+            (&[2, 3, 5, 7], &[0, 1, 2, 3]),
+            (&[6, 1, 5], &[0]),
+            (&[4000], &[0]), // long
+        ];
+        for (k, (shape, axes)) in cases.iter().enumerate() {
+            let s4 = pad4("t", shape).unwrap();
+            let off = 4 - shape.len();
+            let mut red = [false; 4];
+            axes.iter().for_each(|&a| red[a + off] = true);
+            let x = rounded(&rand_vec(s4.iter().product(), k as u64, -1.0, 1.0));
+            let tx = upload(shape, &x);
+            for op in OPS {
+                let what = format!("{op:?} {shape:?} over {axes:?}");
+                let y = reduce(&tx, axes, op).unwrap();
+                let want = cpu::reduce(&x, s4, red, op);
+                // f32 summation error is relative to the sum of magnitudes, not to the sum.
+                let abs: Vec<f64> = x.iter().map(|v| v.abs()).collect();
+                let scale = cpu::reduce(&abs, s4, red, ReduceOp::Sum)
+                    .iter()
+                    .cloned()
+                    .fold(0.0, f64::max);
+                assert_close(&what, &y.to_vec().unwrap(), &want, 1e-5, 1e-6 * scale);
+                if x.len() <= 1000 {
+                    check_grad(
+                        &what,
+                        &x,
+                        |x| cpu::reduce(x, s4, red, op),
+                        |x, w| cpu::reduce_backward(x, s4, red, op, w),
+                    );
+                }
+                let dy = rounded(&rand_vec(want.len(), 50 + k as u64, -1.0, 1.0));
+                let dx = reduce_backward(&tx, &y, &upload(y.shape(), &dy), axes, op).unwrap();
+                let want_dx = cpu::reduce_backward(&x, s4, red, op, &dy);
+                assert_close(
+                    &format!("{what} backward"),
+                    &dx.to_vec().unwrap(),
+                    &want_dx,
+                    1e-5,
+                    1e-6,
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn norms_and_sum_to() {
+        let x = rounded(&rand_vec(2 * 3 * 4, 5, -1.0, 1.0));
+        let t = upload(&[2, 3, 4], &x);
+        let rn = row_norm(&t).unwrap();
+        assert_eq!(rn.shape(), &[2, 3, 1]);
+        let want: Vec<f64> = x
+            .chunks(4)
+            .map(|r| r.iter().map(|v| v * v).sum::<f64>().sqrt())
+            .collect();
+        assert_close("row norm", &rn.to_vec().unwrap(), &want, 1e-6, 1e-7);
+        let sn = sample_norm(&t).unwrap();
+        let want: Vec<f64> = x
+            .chunks(12)
+            .map(|r| r.iter().map(|v| v * v).sum::<f64>().sqrt())
+            .collect();
+        assert_close("sample norm", &sn.to_vec().unwrap(), &want, 1e-6, 1e-7);
+        let s = sum_to(&t, &[3, 1]).unwrap();
+        assert_eq!(s.shape(), &[3, 1]);
+        let want: Vec<f64> = (0..3)
+            .map(|c| {
+                (0..2)
+                    .flat_map(|n| (0..4).map(move |w| (n, w)))
+                    .map(|(n, w)| x[n * 12 + c * 4 + w])
+                    .sum()
+            })
+            .collect();
+        assert_close("sum_to", &s.to_vec().unwrap(), &want, 1e-6, 1e-6);
+        let err = sum_to(&t, &[5, 1]).unwrap_err().to_string();
+        assert!(
+            err.contains("sum_to") && err.contains("[2, 3, 4]") && err.contains("[5, 1]"),
+            "{err}"
+        );
+    }
+}
