@@ -2,7 +2,9 @@
 //! a `#[repr(C)]` params struct mirroring the WGSL one, forward and backward dispatch, a CPU
 //! reference (f64) and tests against it and against finite differences.
 
+pub mod conv2d;
 pub mod elementwise;
+pub mod matmul;
 pub mod reduce;
 
 #[cfg(test)]
@@ -12,7 +14,12 @@ use crate::engine::Shader;
 
 /// Every shader proxdm compiles; the portability test translates each to SPIR-V, MSL, HLSL, GLSL.
 pub fn all_shaders() -> Vec<&'static Shader> {
-    vec![&elementwise::SHADER, &reduce::SHADER]
+    vec![
+        &conv2d::SHADER,
+        &elementwise::SHADER,
+        &matmul::SHADER,
+        &reduce::SHADER,
+    ]
 }
 
 /// Left-pads a shape of rank ≤ 4 to 4D (`op` names the caller in the error).
