@@ -1,11 +1,22 @@
 //! Kernels: one module per op family, each with its WGSL file in `shaders/` of the same name,
 //! a `#[repr(C)]` params struct mirroring the WGSL one, forward and backward dispatch, a CPU
 //! reference (f64) and tests against it and against finite differences.
+//!
+//! `attention` is a composite (matmul + softmax) and has no shader of its own.
 
+pub mod attention;
+pub mod channel;
 pub mod conv2d;
 pub mod elementwise;
+pub mod embedding;
+pub mod group_norm;
+pub mod loss;
 pub mod matmul;
+pub mod noise;
+pub mod optim;
 pub mod reduce;
+pub mod softmax;
+pub mod upsample;
 
 #[cfg(test)]
 pub(crate) mod testing;
@@ -15,10 +26,18 @@ use crate::engine::Shader;
 /// Every shader proxdm compiles; the portability test translates each to SPIR-V, MSL, HLSL, GLSL.
 pub fn all_shaders() -> Vec<&'static Shader> {
     vec![
+        &channel::SHADER,
         &conv2d::SHADER,
         &elementwise::SHADER,
+        &embedding::SHADER,
+        &group_norm::SHADER,
+        &loss::SHADER,
         &matmul::SHADER,
+        &noise::SHADER,
+        &optim::SHADER,
         &reduce::SHADER,
+        &softmax::SHADER,
+        &upsample::SHADER,
     ]
 }
 

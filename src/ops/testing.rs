@@ -63,6 +63,17 @@ pub fn check_grad(
     f: impl Fn(&[f64]) -> Vec<f64>,
     backward: impl Fn(&[f64], &[f64]) -> Vec<f64>,
 ) {
+    check_grad_step(what, x, 1e-6, f, backward)
+}
+
+/// [`check_grad`] with step `h` (relative to 1 + |x|): smaller for fast-oscillating functions.
+pub fn check_grad_step(
+    what: &str,
+    x: &[f64],
+    step: f64,
+    f: impl Fn(&[f64]) -> Vec<f64>,
+    backward: impl Fn(&[f64], &[f64]) -> Vec<f64>,
+) {
     let y = f(x);
     let w = rand_vec(y.len(), 9_001, -1.0, 1.0);
     let analytic = backward(x, &w);
@@ -70,7 +81,7 @@ pub fn check_grad(
     let loss = |x: &[f64]| -> f64 { f(x).iter().zip(&w).map(|(a, b)| a * b).sum() };
     let mut xp = x.to_vec();
     for i in 0..x.len() {
-        let h = 1e-6 * (1.0 + x[i].abs());
+        let h = step * (1.0 + x[i].abs());
         xp[i] = x[i] + h;
         let lp = loss(&xp);
         xp[i] = x[i] - h;
@@ -84,4 +95,21 @@ pub fn check_grad(
             analytic[i]
         );
     }
+}
+
+/// Central finite differences of L(x) = <w, f(x)>, for GPU backwards composed of other ops.
+pub fn fd_grad(x: &[f64], w: &[f64], f: impl Fn(&[f64]) -> Vec<f64>) -> Vec<f64> {
+    let loss = |x: &[f64]| -> f64 { f(x).iter().zip(w).map(|(a, b)| a * b).sum() };
+    let mut xp = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            let h = 1e-6 * (1.0 + x[i].abs());
+            xp[i] = x[i] + h;
+            let lp = loss(&xp);
+            xp[i] = x[i] - h;
+            let lm = loss(&xp);
+            xp[i] = x[i];
+            (lp - lm) / (2.0 * h)
+        })
+        .collect()
 }

@@ -1,0 +1,45 @@
+// Optimiser updates over one flat parameter buffer: AdamW (decoupled weight decay) and EMA.
+
+struct Params {
+    n: u32,
+    step: u32,        // 1-based step count, for bias correction
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    decay: f32,       // EMA decay
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> grad: array<f32>;          // (n)
+@group(0) @binding(2) var<storage, read_write> param: array<f32>;   // (n)
+@group(0) @binding(3) var<storage, read_write> m: array<f32>;       // (n) first moment
+@group(0) @binding(4) var<storage, read_write> v: array<f32>;       // (n) second moment
+@group(0) @binding(5) var<storage, read> src: array<f32>;           // (n) EMA source (live weights)
+@group(0) @binding(6) var<storage, read_write> ema: array<f32>;     // (n) EMA weights
+
+// θ ← θ - lr (m̂ / (√v̂ + ε) + wd θ)
+@compute @workgroup_size(256)
+fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg, 256u);
+    if (i >= p.n) { return; }
+    let g = grad[i];
+    let mi = p.beta1 * m[i] + (1.0 - p.beta1) * g;
+    let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    let t = f32(p.step);
+    let mh = mi / (1.0 - pow(p.beta1, t));
+    let vh = vi / (1.0 - pow(p.beta2, t));
+    let w = param[i];
+    param[i] = w - p.lr * (mh / (sqrt(vh) + p.eps) + p.weight_decay * w);
+}
+
+// e ← d e + (1 - d) θ
+@compute @workgroup_size(256)
+fn ema_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg, 256u);
+    if (i >= p.n) { return; }
+    ema[i] = p.decay * ema[i] + (1.0 - p.decay) * src[i];
+}

@@ -1,0 +1,278 @@
+//! Group normalisation (32 groups in the UNet) with affine γ, β; backward to x, γ and β.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::engine::{Kernel, Shader};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+pub static SHADER: Shader =
+    Shader::new("group_norm", include_str!("../../shaders/group_norm.wgsl"));
+const FORWARD: Kernel = Kernel::new(&SHADER, "forward");
+const BACKWARD_INPUT: Kernel = Kernel::new(&SHADER, "backward_input");
+const BACKWARD_AFFINE: Kernel = Kernel::new(&SHADER, "backward_affine");
+
+/// Mirrors `Params` in group_norm.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default)]
+struct Params {
+    n: u32,
+    c: u32,
+    hw: u32,
+    groups: u32,
+    eps: f32,
+    _pad: [u32; 3],
+}
+
+/// PyTorch's default.
+pub const EPS: f32 = 1e-5;
+
+fn plan(x: &Tensor, gamma: &Tensor, beta: &Tensor, groups: usize) -> Result<Params> {
+    let s = x.shape();
+    if s.len() != 4
+        || groups == 0
+        || s[1] % groups != 0
+        || gamma.shape() != [s[1]]
+        || beta.shape() != [s[1]]
+    {
+        return Err(Error::shape(
+            "group_norm",
+            format!(
+                "x {s:?} (N, C, H, W) with {groups} groups needs C divisible by groups and gamma/beta (C); got {:?} and {:?}",
+                gamma.shape(),
+                beta.shape()
+            ),
+        ));
+    }
+    Ok(Params {
+        n: s[0] as u32,
+        c: s[1] as u32,
+        hw: (s[2] * s[3]) as u32,
+        groups: groups as u32,
+        eps: EPS,
+        _pad: [0; 3],
+    })
+}
+
+fn wg_grid(count: u32) -> [u32; 3] {
+    // The shader recovers the group index as x + 65535·y.
+    if count <= 65535 {
+        [count, 1, 1]
+    } else {
+        [65535, count.div_ceil(65535), 1]
+    }
+}
+
+/// y = (x - μ)/σ · γ + β per (sample, group); also returns the (N, G, 2) statistics (μ, 1/σ)
+/// the backward needs.
+pub fn group_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+) -> Result<(Tensor, Tensor)> {
+    let p = plan(x, gamma, beta, groups)?;
+    let e = x.engine();
+    let y = Tensor::uninit(e, x.shape())?;
+    let stats = Tensor::uninit(e, &[p.n as usize, groups, 2])?;
+    e.dispatch(
+        FORWARD,
+        &p,
+        &[x, gamma, beta, &stats, &y],
+        wg_grid(p.n * p.groups),
+    )?;
+    Ok((y, stats))
+}
+
+/// (dx, dγ, dβ) for y = group_norm(x, γ, β).
+pub fn group_norm_backward(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    stats: &Tensor,
+    dy: &Tensor,
+    groups: usize,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let p = plan(x, gamma, beta, groups)?;
+    if dy.shape() != x.shape() || stats.shape() != [p.n as usize, groups, 2] {
+        return Err(Error::shape(
+            "group_norm_backward",
+            format!("dy {:?} must equal x {:?}", dy.shape(), x.shape()),
+        ));
+    }
+    let e = x.engine();
+    let dx = Tensor::uninit(e, x.shape())?;
+    e.dispatch(
+        BACKWARD_INPUT,
+        &p,
+        &[x, gamma, dy, stats, &dx],
+        wg_grid(p.n * p.groups),
+    )?;
+    let dgamma = Tensor::uninit(e, gamma.shape())?;
+    let dbeta = Tensor::uninit(e, beta.shape())?;
+    e.dispatch(
+        BACKWARD_AFFINE,
+        &p,
+        &[x, dy, stats, &dgamma, &dbeta],
+        [p.c.div_ceil(64), 1, 1],
+    )?;
+    Ok((dx, dgamma, dbeta))
+}
+
+/// CPU references in f64.
+pub mod cpu {
+    /// x (n, c, hw) → y.
+    pub fn group_norm(
+        x: &[f64],
+        n: usize,
+        c: usize,
+        hw: usize,
+        groups: usize,
+        gamma: &[f64],
+        beta: &[f64],
+    ) -> Vec<f64> {
+        let m = c / groups * hw;
+        let mut y = vec![0.0; x.len()];
+        for g in 0..n * groups {
+            let xs = &x[g * m..(g + 1) * m];
+            let mean = xs.iter().sum::<f64>() / m as f64;
+            let var = xs.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / m as f64;
+            let rstd = 1.0 / (var + super::EPS as f64).sqrt();
+            for i in 0..m {
+                let ch = (g % groups) * (c / groups) + i / hw;
+                y[g * m + i] = (xs[i] - mean) * rstd * gamma[ch] + beta[ch];
+            }
+        }
+        y
+    }
+
+    /// (dx, dgamma, dbeta).
+    #[allow(clippy::too_many_arguments)]
+    pub fn group_norm_backward(
+        x: &[f64],
+        n: usize,
+        c: usize,
+        hw: usize,
+        groups: usize,
+        gamma: &[f64],
+        dy: &[f64],
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let m = c / groups * hw;
+        let (mut dx, mut dg, mut db) = (vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]);
+        for g in 0..n * groups {
+            let xs = &x[g * m..(g + 1) * m];
+            let mean = xs.iter().sum::<f64>() / m as f64;
+            let var = xs.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / m as f64;
+            let rstd = 1.0 / (var + super::EPS as f64).sqrt();
+            let ch = |i: usize| (g % groups) * (c / groups) + i / hw;
+            let xh: Vec<f64> = xs.iter().map(|v| (v - mean) * rstd).collect();
+            let gh: Vec<f64> = (0..m).map(|i| dy[g * m + i] * gamma[ch(i)]).collect();
+            let ma = gh.iter().sum::<f64>() / m as f64;
+            let mb = gh.iter().zip(&xh).map(|(a, b)| a * b).sum::<f64>() / m as f64;
+            for i in 0..m {
+                dx[g * m + i] = rstd * (gh[i] - ma - xh[i] * mb);
+                dg[ch(i)] += dy[g * m + i] * xh[i];
+                db[ch(i)] += dy[g * m + i];
+            }
+        }
+        (dx, dg, db)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::*;
+
+    #[test]
+    fn group_norm_matches_cpu_with_gradients() {
+        // (N, C, H, W, G): the UNet's 32 groups, odd sizes, groups of one channel.
+        for (k, &(n, c, h, w, g)) in [
+            (1, 4, 3, 3, 2),
+            (2, 64, 5, 7, 32),
+            (3, 6, 1, 1, 3),
+            (2, 32, 17, 9, 32),
+            (1, 8, 2, 3, 1),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let what = format!("group_norm ({n},{c},{h},{w}) G{g}");
+            let hw = h * w;
+            // An offset tests the two-pass variance.
+            let x = rounded(&rand_vec(n * c * hw, k as u64, 2.0, 4.0));
+            let gamma = rounded(&rand_vec(c, 10 + k as u64, 0.5, 1.5));
+            let beta = rounded(&rand_vec(c, 20 + k as u64, -1.0, 1.0));
+            let (tx, tg, tb) = (
+                upload(&[n, c, h, w], &x),
+                upload(&[c], &gamma),
+                upload(&[c], &beta),
+            );
+            let (y, stats) = group_norm(&tx, &tg, &tb, g).unwrap();
+            assert_close(
+                &what,
+                &y.to_vec().unwrap(),
+                &cpu::group_norm(&x, n, c, hw, g, &gamma, &beta),
+                1e-4,
+                1e-4,
+            );
+            if x.len() <= 400 {
+                check_grad(
+                    &format!("{what} dx"),
+                    &x,
+                    |x| cpu::group_norm(x, n, c, hw, g, &gamma, &beta),
+                    |x, d| cpu::group_norm_backward(x, n, c, hw, g, &gamma, d).0,
+                );
+                check_grad(
+                    &format!("{what} dgamma"),
+                    &gamma,
+                    |gm| cpu::group_norm(&x, n, c, hw, g, gm, &beta),
+                    |gm, d| cpu::group_norm_backward(&x, n, c, hw, g, gm, d).1,
+                );
+                check_grad(
+                    &format!("{what} dbeta"),
+                    &beta,
+                    |b| cpu::group_norm(&x, n, c, hw, g, &gamma, b),
+                    |_, d| cpu::group_norm_backward(&x, n, c, hw, g, &gamma, d).2,
+                );
+            }
+            let dy = rounded(&rand_vec(x.len(), 30 + k as u64, -1.0, 1.0));
+            let (dx, dg, db) =
+                group_norm_backward(&tx, &tg, &tb, &stats, &upload(&[n, c, h, w], &dy), g).unwrap();
+            let (wdx, wdg, wdb) = cpu::group_norm_backward(&x, n, c, hw, g, &gamma, &dy);
+            assert_close(
+                &format!("{what} dx"),
+                &dx.to_vec().unwrap(),
+                &wdx,
+                1e-3,
+                1e-3,
+            );
+            assert_close(
+                &format!("{what} dgamma"),
+                &dg.to_vec().unwrap(),
+                &wdg,
+                1e-4,
+                1e-4,
+            );
+            assert_close(
+                &format!("{what} dbeta"),
+                &db.to_vec().unwrap(),
+                &wdb,
+                1e-4,
+                1e-4,
+            );
+        }
+        let err = group_norm(
+            &upload(&[1, 6, 2, 2], &[0.0; 24]),
+            &upload(&[6], &[1.0; 6]),
+            &upload(&[6], &[0.0; 6]),
+            4,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("group_norm") && err.contains("[1, 6, 2, 2]"),
+            "{err}"
+        );
+    }
+}
