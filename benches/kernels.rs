@@ -1,1 +1,50 @@
-fn main() {}
+//! Kernel benchmarks: each timed iteration records the op, submits and waits for the GPU, so the
+//! time is the device's. Throughput is reported in FLOP/s (criterion's "elements" are FLOPs).
+//! `cargo bench` runs them on the adapter `proxdm info` marks (PROXDM_BACKEND/PROXDM_ADAPTER).
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use proxdm::ops::{conv2d, matmul};
+use proxdm::{Engine, Tensor};
+
+fn filled(e: &Engine, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    Tensor::from_slice(e, shape, &v).unwrap()
+}
+
+fn benches(c: &mut Criterion) {
+    let e = Engine::new().expect("benchmarks need an adapter: run scripts/setup.sh");
+    let info = &e.adapter().info;
+    let mut g = c.benchmark_group(format!("{} ({:?})", info.name, info.backend));
+    g.sample_size(10);
+    for n in [256usize, 1024] {
+        let (a, b) = (filled(&e, &[n, n]), filled(&e, &[n, n]));
+        g.throughput(Throughput::Elements(2 * (n * n * n) as u64));
+        g.bench_function(format!("matmul {n}^3"), |bench| {
+            bench.iter(|| {
+                let c = matmul::matmul(&a, &b, false, false, 1.0).unwrap();
+                e.sync().unwrap();
+                c
+            })
+        });
+    }
+    for (n, ci, hw, co) in [(64usize, 64usize, 32usize, 64usize), (64, 128, 16, 128)] {
+        let x = filled(&e, &[n, ci, hw, hw]);
+        let w = filled(&e, &[co, ci, 3, 3]);
+        let flops = 2 * n * co * hw * hw * ci * 9;
+        g.throughput(Throughput::Elements(flops as u64));
+        g.bench_function(format!("conv2d 3x3 [{n},{ci},{hw},{hw}]->{co}"), |bench| {
+            bench.iter(|| {
+                let y = conv2d::conv2d(&x, &w, None, 1, 1).unwrap();
+                e.sync().unwrap();
+                y
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(kernels, benches);
+criterion_main!(kernels);

@@ -3,6 +3,7 @@
 //! Layers, bottom to top: [`engine`] (adapter, buffers, pipelines, command recording),
 //! [`tensor`] (GPU tensors), [`ops`] (one WGSL kernel family per module, with CPU references).
 
+pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod ops;

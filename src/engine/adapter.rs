@@ -240,7 +240,7 @@ pub fn limit_lines(l: &wgpu::Limits) -> Vec<(&'static str, String)> {
     vec![
         (
             "max_storage_buffer_binding_size",
-            human_bytes(l.max_storage_buffer_binding_size as u64),
+            human_bytes(l.max_storage_buffer_binding_size),
         ),
         ("max_buffer_size", human_bytes(l.max_buffer_size)),
         (

@@ -41,13 +41,16 @@ pub(crate) struct Inner {
     pub(crate) limits: wgpu::Limits,
     pub(crate) features: wgpu::Features,
     pub(crate) pool: Mutex<Pool>,
-    pipelines: Mutex<HashMap<(&'static str, &'static str, String), Arc<Pipeline>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
     rec: Mutex<Recorder>,
     uniform: wgpu::Buffer,
     uniform_align: u64,
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
 }
+
+/// (shader name, entry point, specialisation defines).
+type PipelineKey = (&'static str, &'static str, String);
 
 struct Recorder {
     encoder: Option<wgpu::CommandEncoder>,
@@ -203,7 +206,7 @@ impl Engine {
 
     /// A buffer of at least `bytes`, from the pool when one is free.
     pub(crate) fn alloc(&self, bytes: u64, for_upload: bool) -> Result<(wgpu::Buffer, u64)> {
-        let max = self.inner.limits.max_storage_buffer_binding_size as u64;
+        let max = self.inner.limits.max_storage_buffer_binding_size;
         let max = max.min(self.inner.limits.max_buffer_size);
         if bytes > max {
             return Err(Error::Gpu(format!(

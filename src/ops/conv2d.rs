@@ -226,7 +226,8 @@ mod tests {
     use crate::ops::testing::*;
 
     // (N, Cin, H, W, Cout, K, stride, pad): 3×3 and 1×1, stride 1 and 2, odd sizes.
-    const CASES: [(usize, usize, usize, usize, usize, usize, usize, usize); 6] = [
+    type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
+    const CASES: [Case; 6] = [
         (1, 1, 5, 5, 1, 3, 1, 1),
         (2, 3, 7, 6, 5, 3, 1, 1),
         (2, 3, 9, 7, 6, 3, 2, 1),

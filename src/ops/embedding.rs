@@ -21,7 +21,7 @@ struct Params {
 }
 
 fn params(s: &Tensor, dim: usize) -> Result<Params> {
-    if s.shape().len() != 1 || dim < 4 || dim % 2 != 0 {
+    if s.shape().len() != 1 || dim < 4 || !dim.is_multiple_of(2) {
         return Err(Error::shape(
             "sinusoidal_embedding",
             format!(

@@ -31,7 +31,7 @@ fn plan(x: &Tensor, gamma: &Tensor, beta: &Tensor, groups: usize) -> Result<Para
     let s = x.shape();
     if s.len() != 4
         || groups == 0
-        || s[1] % groups != 0
+        || !s[1].is_multiple_of(groups)
         || gamma.shape() != [s[1]]
         || beta.shape() != [s[1]]
     {

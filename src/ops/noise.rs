@@ -88,7 +88,7 @@ pub mod cpu {
         let (a, b) = if lane < 2 { (r[0], r[1]) } else { (r[2], r[3]) };
         let m = (-2.0 * uniform01(a).ln()).sqrt();
         let th = std::f64::consts::TAU * uniform01(b);
-        if lane % 2 == 0 {
+        if lane.is_multiple_of(2) {
             m * th.cos()
         } else {
             m * th.sin()

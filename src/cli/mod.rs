@@ -1,0 +1,4 @@
+//! The `proxdm` subcommands' logic (main.rs only parses arguments).
+
+pub mod info;
+pub mod smoke;
