@@ -20,12 +20,18 @@ esac
 
 have_icd() {
   # A Vulkan ICD manifest is what the loader needs to find any Vulkan driver.
-  ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json /usr/local/share/vulkan/icd.d/*.json \
-    >/dev/null 2>&1
+  local f
+  for f in /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json /usr/local/share/vulkan/icd.d/*.json; do
+    [ -e "$f" ] && return 0
+  done
+  return 1
 }
 
 have_loader() {
-  ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1'
+  # Capture first: `grep -q` closing the pipe early would fail the pipeline under pipefail.
+  local libs
+  libs=$(ldconfig -p 2>/dev/null || /sbin/ldconfig -p 2>/dev/null || true)
+  [[ "$libs" == *libvulkan.so.1* ]]
 }
 
 mesa_version() {
