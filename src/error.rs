@@ -42,6 +42,10 @@ pub enum Error {
     )]
     DeviceLost(String),
 
+    /// The process-wide engine could not be opened (the message is that first error's).
+    #[error("{0}")]
+    Shared(String),
+
     /// Waiting for the GPU took longer than the timeout.
     #[error("GPU did not finish within {seconds} s (device hung or lost)")]
     Timeout { seconds: u64 },

@@ -130,3 +130,16 @@ fn unknown_adapter_name_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn a_lost_device_gives_an_error_not_a_hang() {
+    let e = engine();
+    let x = Tensor::from_slice(&e, &[4], &[1.0; 4]).unwrap();
+    assert_eq!(x.to_vec().unwrap(), vec![1.0; 4]);
+    e.device().destroy();
+    let r = elementwise::scale(&x, 2.0).and_then(|y| y.to_vec());
+    let err = r
+        .expect_err("work on a destroyed device must fail")
+        .to_string();
+    assert!(err.contains("lost") || err.contains("destroyed"), "{err}");
+}

@@ -105,9 +105,15 @@ impl Engine {
             }));
             let lost = lost.clone();
             device.set_device_lost_callback(move |reason, msg| {
-                if reason != wgpu::DeviceLostReason::Destroyed {
-                    *lock(&lost) = Some(format!("{reason:?}: {msg}"));
-                }
+                let why = match reason {
+                    wgpu::DeviceLostReason::Destroyed => "the device was destroyed".to_string(),
+                    _ => format!("{reason:?}"),
+                };
+                *lock(&lost) = Some(if msg.is_empty() {
+                    why
+                } else {
+                    format!("{why}: {msg}")
+                });
             });
         }
         let uniform = device.create_buffer(&wgpu::BufferDescriptor {
@@ -146,10 +152,7 @@ impl Engine {
         SHARED
             .get_or_init(|| Engine::new().map_err(|e| e.to_string()))
             .clone()
-            .map_err(|reason| Error::NoAdapter {
-                reason,
-                hint: "see the message above".into(),
-            })
+            .map_err(Error::Shared)
     }
 
     /// The adapter this engine runs on.
@@ -394,6 +397,11 @@ impl Engine {
 
     /// Reports (and clears) errors wgpu raised asynchronously, and device loss.
     pub(crate) fn check_errors(&self) -> Result<()> {
+        if !lock(&self.inner.errors).is_empty() {
+            // Errors often follow a device loss whose callback runs on the next poll: run it, so
+            // the user is told the cause rather than its symptoms.
+            let _ = self.inner.device.poll(wgpu::PollType::Poll);
+        }
         if let Some(msg) = lock(&self.inner.lost).clone() {
             return Err(Error::DeviceLost(msg));
         }

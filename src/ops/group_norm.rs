@@ -121,6 +121,14 @@ pub fn group_norm_backward(
 
 /// CPU references in f64.
 pub mod cpu {
+    /// (mean, 1/std) of one group, two-pass.
+    fn stats(xs: &[f64]) -> (f64, f64) {
+        let m = xs.len() as f64;
+        let mean = xs.iter().sum::<f64>() / m;
+        let var = xs.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / m;
+        (mean, 1.0 / (var + super::EPS as f64).sqrt())
+    }
+
     /// x (n, c, hw) → y.
     pub fn group_norm(
         x: &[f64],
@@ -135,9 +143,7 @@ pub mod cpu {
         let mut y = vec![0.0; x.len()];
         for g in 0..n * groups {
             let xs = &x[g * m..(g + 1) * m];
-            let mean = xs.iter().sum::<f64>() / m as f64;
-            let var = xs.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / m as f64;
-            let rstd = 1.0 / (var + super::EPS as f64).sqrt();
+            let (mean, rstd) = stats(xs);
             for i in 0..m {
                 let ch = (g % groups) * (c / groups) + i / hw;
                 y[g * m + i] = (xs[i] - mean) * rstd * gamma[ch] + beta[ch];
@@ -161,9 +167,7 @@ pub mod cpu {
         let (mut dx, mut dg, mut db) = (vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]);
         for g in 0..n * groups {
             let xs = &x[g * m..(g + 1) * m];
-            let mean = xs.iter().sum::<f64>() / m as f64;
-            let var = xs.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / m as f64;
-            let rstd = 1.0 / (var + super::EPS as f64).sqrt();
+            let (mean, rstd) = stats(xs);
             let ch = |i: usize| (g % groups) * (c / groups) + i / hw;
             let xh: Vec<f64> = xs.iter().map(|v| (v - mean) * rstd).collect();
             let gh: Vec<f64> = (0..m).map(|i| dy[g * m + i] * gamma[ch(i)]).collect();
