@@ -213,7 +213,10 @@ fn no_adapter_error(request: &AdapterRequest) -> Error {
         Some(b) => format!("for back end '{b}'"),
         None => "for any back end (Vulkan, Metal, DX12, GL)".into(),
     };
-    let hint = if cfg!(target_os = "linux") {
+    let hint = if request.backend.is_some() {
+        "that back end has no adapter on this machine: run `proxdm info` without --backend \
+         (and without PROXDM_BACKEND) to see the ones that do"
+    } else if cfg!(target_os = "linux") {
         "install a Vulkan driver. Without a GPU, Mesa's software driver lavapipe works: \
          `bash scripts/setup.sh` installs it on Debian 12 (mesa-vulkan-drivers from \
          bookworm-backports); elsewhere install mesa-vulkan-drivers (Debian/Ubuntu), \
