@@ -1,6 +1,7 @@
 // Elementwise ops: unary maps and their derivatives, broadcast binary ops, axpy.
 // Unary op codes (must match UnaryOp in src/ops/elementwise.rs):
 //   0 scale a*x + b   1 silu   2 softplus_beta   3 sigmoid   4 abs   5 sign   6 exp   7 square
+//   8 step: b if x > a else 0 (dropout masks)
 
 struct Params {
     n: u32,        // number of output elements
@@ -45,6 +46,7 @@ fn unary_f(x: f32) -> f32 {
         case 5u: { return sign(x); }
         case 6u: { return exp(x); }
         case 7u: { return x * x; }
+        case 8u: { return select(0.0, p.beta, x > p.alpha); }
         default: { return 0.0; }
     }
 }
@@ -64,6 +66,18 @@ fn unary_df(x: f32) -> f32 {
     }
 }
 
+// d² f / d x² (for second-order gradients)
+fn unary_d2f(x: f32) -> f32 {
+    switch p.op {
+        case 1u: { let s = sigmoid(x); return s * (1.0 - s) * (2.0 + x * (1.0 - 2.0 * s)); }
+        case 2u: { let s = sigmoid(p.alpha * x); return p.alpha * s * (1.0 - s); }
+        case 3u: { let s = sigmoid(x); return s * (1.0 - s) * (1.0 - 2.0 * s); }
+        case 6u: { return exp(x); }
+        case 7u: { return 2.0; }
+        default: { return 0.0; }
+    }
+}
+
 // out = f(a)
 @compute @workgroup_size(256)
 fn unary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -78,6 +92,14 @@ fn unary_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     let i = flat_index(gid, nwg, 256u);
     if (i >= p.n) { return; }
     out[i] = b[i] * unary_df(a[i]);
+}
+
+// dx = g * f''(x); a = x, b = g
+@compute @workgroup_size(256)
+fn unary_backward2(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg, 256u);
+    if (i >= p.n) { return; }
+    out[i] = b[i] * unary_d2f(a[i]);
 }
 
 // out = a (op) b with broadcasting; op 0 add, 1 sub, 2 mul

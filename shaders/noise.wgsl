@@ -77,3 +77,14 @@ fn gaussian(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
         if (i < p.n) { out[i] = p.mean + p.stddev * z[shift + t]; }
     }
 }
+
+// Uniform draws in (0, 1]: element i uses word (i % 4) of Philox block i / 4 (streams are shared
+// with `gaussian`, so use a different stream for each purpose).
+@compute @workgroup_size(64)
+fn uniform_fill(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg, 64u);
+    if (i >= p.n) { return; }
+    let e = p.offset + i;
+    let r = philox(vec4<u32>(e / 4u, 0u, p.stream, 0u), vec2<u32>(p.key_lo, p.key_hi));
+    out[i] = uniform01(r[e % 4u]);
+}

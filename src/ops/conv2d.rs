@@ -97,6 +97,54 @@ pub fn conv2d(
     Ok(y)
 }
 
+fn check_dy(p: &Params, dy: &Tensor) -> Result<()> {
+    let want = [p.n as usize, p.cout as usize, p.ho as usize, p.wo as usize];
+    if dy.shape() != want {
+        return Err(Error::shape(
+            "conv2d_backward",
+            format!("dy {:?} must be {want:?}", dy.shape()),
+        ));
+    }
+    Ok(())
+}
+
+/// dx (shape `x_shape`) for y = conv2d(x, weight): the transposed convolution of dy.
+pub fn conv2d_input_grad(
+    dy: &Tensor,
+    weight: &Tensor,
+    x_shape: &[usize],
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
+    let p = plan(x_shape, weight.shape(), stride, pad)?;
+    check_dy(&p, dy)?;
+    let e = dy.engine();
+    let dx = Tensor::uninit(e, x_shape)?;
+    e.dispatch(
+        BACKWARD_INPUT,
+        &p,
+        &[weight, dy, &dx],
+        e.grid(dx.numel(), 64),
+    )?;
+    Ok(dx)
+}
+
+/// dweight (shape `w_shape`) for y = conv2d(x, weight).
+pub fn conv2d_weight_grad(
+    x: &Tensor,
+    dy: &Tensor,
+    w_shape: &[usize],
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
+    let p = plan(x.shape(), w_shape, stride, pad)?;
+    check_dy(&p, dy)?;
+    let e = x.engine();
+    let dw = Tensor::uninit(e, w_shape)?;
+    e.dispatch(BACKWARD_WEIGHT, &p, &[x, dy, &dw], e.grid(dw.numel(), 64))?;
+    Ok(dw)
+}
+
 /// (dx, dweight, dbias) for y = conv2d(x, weight, bias, stride, pad).
 pub fn conv2d_backward(
     x: &Tensor,
@@ -105,31 +153,10 @@ pub fn conv2d_backward(
     stride: usize,
     pad: usize,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let p = plan(x.shape(), weight.shape(), stride, pad)?;
-    let want = [p.n as usize, p.cout as usize, p.ho as usize, p.wo as usize];
-    if dy.shape() != want {
-        return Err(Error::shape(
-            "conv2d_backward",
-            format!("dy {:?} must be {want:?}", dy.shape()),
-        ));
-    }
-    let e = x.engine();
-    let dx = Tensor::uninit(e, x.shape())?;
-    e.dispatch(
-        BACKWARD_INPUT,
-        &p,
-        &[weight, dy, &dx],
-        e.grid(x.numel(), 64),
-    )?;
-    let dw = Tensor::uninit(e, weight.shape())?;
-    e.dispatch(
-        BACKWARD_WEIGHT,
-        &p,
-        &[x, dy, &dw],
-        e.grid(weight.numel(), 64),
-    )?;
+    let dx = conv2d_input_grad(dy, weight, x.shape(), stride, pad)?;
+    let dw = conv2d_weight_grad(x, dy, weight.shape(), stride, pad)?;
     // dbias[co] = Σ_{n,oy,ox} dy
-    let db = reduce::sum(dy, &[0, 2, 3])?.reshape(&[p.cout as usize])?;
+    let db = reduce::sum(dy, &[0, 2, 3])?.reshape(&[weight.shape()[0]])?;
     Ok((dx, dw, db))
 }
 

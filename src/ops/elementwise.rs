@@ -14,6 +14,7 @@ pub static SHADER: Shader = Shader::new(
 );
 const UNARY: Kernel = Kernel::new(&SHADER, "unary");
 const UNARY_BACKWARD: Kernel = Kernel::new(&SHADER, "unary_backward");
+const UNARY_BACKWARD2: Kernel = Kernel::new(&SHADER, "unary_backward2");
 const BINARY: Kernel = Kernel::new(&SHADER, "binary");
 const AXPBY: Kernel = Kernel::new(&SHADER, "axpby");
 
@@ -49,6 +50,11 @@ pub enum UnaryOp {
     Sign,
     Exp,
     Square,
+    /// `value` where x > threshold, else 0 (dropout masks); zero derivative.
+    Step {
+        threshold: f32,
+        value: f32,
+    },
 }
 
 impl UnaryOp {
@@ -62,6 +68,7 @@ impl UnaryOp {
             UnaryOp::Sign => (5, 0.0, 0.0),
             UnaryOp::Exp => (6, 0.0, 0.0),
             UnaryOp::Square => (7, 0.0, 0.0),
+            UnaryOp::Step { threshold, value } => (8, threshold, value),
         }
     }
 }
@@ -104,7 +111,17 @@ pub fn unary_backward(x: &Tensor, dy: &Tensor, op: UnaryOp) -> Result<Tensor> {
     Ok(dx)
 }
 
-/// y = a·x + b
+/// dx = g · f''(x): the second derivative, for double backward through unary maps.
+pub fn unary_backward2(x: &Tensor, g: &Tensor, op: UnaryOp) -> Result<Tensor> {
+    same_shape("unary_backward2", x, g)?;
+    let e = x.engine();
+    let dx = Tensor::uninit(e, x.shape())?;
+    let p = unary_params(x.numel(), op);
+    e.dispatch(UNARY_BACKWARD2, &p, &[x, g, &dx], e.grid(x.numel(), 256))?;
+    Ok(dx)
+}
+
+/// y = a·x
 pub fn scale(x: &Tensor, a: f32) -> Result<Tensor> {
     unary(x, UnaryOp::Affine { a, b: 0.0 })
 }
@@ -304,6 +321,13 @@ pub mod cpu {
             }
             UnaryOp::Exp => x.exp(),
             UnaryOp::Square => x * x,
+            UnaryOp::Step { threshold, value } => {
+                if x > threshold as f64 {
+                    value as f64
+                } else {
+                    0.0
+                }
+            }
         }
     }
 
@@ -318,6 +342,24 @@ pub mod cpu {
             UnaryOp::Sign => 0.0,
             UnaryOp::Exp => x.exp(),
             UnaryOp::Square => 2.0 * x,
+            UnaryOp::Step { .. } => 0.0,
+        }
+    }
+
+    /// f''(x)
+    pub fn unary_grad2(x: f64, op: UnaryOp) -> f64 {
+        let s = sigmoid(x);
+        match op {
+            UnaryOp::Silu => s * (1.0 - s) * (2.0 + x * (1.0 - 2.0 * s)),
+            UnaryOp::Softplus { beta } => {
+                let b = beta as f64;
+                let s = sigmoid(b * x);
+                b * s * (1.0 - s)
+            }
+            UnaryOp::Sigmoid => s * (1.0 - s) * (1.0 - 2.0 * s),
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Square => 2.0,
+            _ => 0.0,
         }
     }
 
@@ -384,7 +426,11 @@ mod tests {
     use super::*;
     use crate::ops::testing::*;
 
-    const OPS: [UnaryOp; 8] = [
+    const OPS: [UnaryOp; 9] = [
+        UnaryOp::Step {
+            threshold: 0.3,
+            value: 2.0,
+        },
         UnaryOp::Affine { a: -1.5, b: 0.25 },
         UnaryOp::Silu,
         UnaryOp::Softplus { beta: 10.0 },
@@ -419,6 +465,13 @@ mod tests {
                     .map(|(&v, &g)| g * cpu::unary_grad(v, op))
                     .collect();
                 assert_close(&format!("{op:?} backward"), &dx, &want, 2e-6, 1e-6);
+                let d2 = unary_backward2(&tx, &tdy, op).unwrap().to_vec().unwrap();
+                let want: Vec<f64> = x
+                    .iter()
+                    .zip(&dy)
+                    .map(|(&v, &g)| g * cpu::unary_grad2(v, op))
+                    .collect();
+                assert_close(&format!("{op:?} second derivative"), &d2, &want, 1e-5, 1e-5);
             }
         }
     }
@@ -439,6 +492,18 @@ mod tests {
                     x.iter()
                         .zip(w)
                         .map(|(&v, &g)| g * cpu::unary_grad(v, op))
+                        .collect()
+                },
+            );
+            // f'' against finite differences of f'.
+            check_grad(
+                &format!("{op:?} second derivative"),
+                &x,
+                |x| x.iter().map(|&v| cpu::unary_grad(v, op)).collect(),
+                |x, w| {
+                    x.iter()
+                        .zip(w)
+                        .map(|(&v, &g)| g * cpu::unary_grad2(v, op))
                         .collect()
                 },
             );

@@ -10,6 +10,7 @@ use crate::tensor::Tensor;
 
 pub static SHADER: Shader = Shader::new("noise", include_str!("../../shaders/noise.wgsl"));
 const GAUSSIAN: Kernel = Kernel::new(&SHADER, "gaussian");
+const UNIFORM: Kernel = Kernel::new(&SHADER, "uniform_fill");
 
 /// Mirrors `Params` in noise.wgsl.
 #[repr(C)]
@@ -48,6 +49,20 @@ pub fn fill_gaussian(
     e.dispatch(GAUSSIAN, &p, &[out], e.grid(out.numel().div_ceil(4), 64))
 }
 
+/// Fills `out` with uniform draws in (0, 1]: element i is draw (offset + i) of `stream`.
+pub fn fill_uniform(out: &Tensor, seed: u64, stream: u32, offset: u32) -> Result<()> {
+    let p = Params {
+        n: out.numel() as u32,
+        key_lo: seed as u32,
+        key_hi: (seed >> 32) as u32,
+        stream,
+        offset,
+        ..Default::default()
+    };
+    let e = out.engine();
+    e.dispatch(UNIFORM, &p, &[out], e.grid(out.numel(), 64))
+}
+
 /// A new tensor of standard normal draws 0..numel of `stream` under `seed`.
 pub fn randn(engine: &crate::Engine, shape: &[usize], seed: u64, stream: u32) -> Result<Tensor> {
     let t = Tensor::uninit(engine, shape)?;
@@ -77,11 +92,17 @@ pub mod cpu {
         c
     }
 
-    fn uniform01(x: u32) -> f64 {
+    pub fn uniform01(x: u32) -> f64 {
         ((x >> 8) as f64 + 1.0) / 16_777_216.0
     }
 
-    /// Draw `e` of `stream` under `seed`.
+    /// Uniform draw `e` of `stream` under `seed`.
+    pub fn uniform(seed: u64, stream: u32, e: u32) -> f64 {
+        let r = philox([e / 4, 0, stream, 0], [seed as u32, (seed >> 32) as u32]);
+        uniform01(r[(e % 4) as usize])
+    }
+
+    /// Gaussian draw `e` of `stream` under `seed`.
     pub fn gaussian(seed: u64, stream: u32, e: u32) -> f64 {
         let r = philox([e / 4, 0, stream, 0], [seed as u32, (seed >> 32) as u32]);
         let lane = (e % 4) as usize;
@@ -144,6 +165,21 @@ mod tests {
         let d = randn(&e, &[3, 1001], 1, 7).unwrap().to_vec().unwrap();
         assert!(a.iter().zip(&c).filter(|(x, y)| x == y).count() < 5);
         assert!(a.iter().zip(&d).filter(|(x, y)| x == y).count() < 5);
+    }
+
+    #[test]
+    fn gpu_uniform_noise_equals_cpu_and_is_uniform() {
+        let t = Tensor::uninit(&engine(), &[100_003]).unwrap();
+        fill_uniform(&t, 99, 2, 5).unwrap();
+        let u = t.to_vec().unwrap();
+        let want: Vec<f64> = (0..u.len() as u32)
+            .map(|i| cpu::uniform(99, 2, i + 5))
+            .collect();
+        assert_close("uniform", &u, &want, 0.0, 0.0);
+        assert!(u.iter().all(|&v| v > 0.0 && v <= 1.0));
+        let mean = u.iter().map(|&v| v as f64).sum::<f64>() / u.len() as f64;
+        // Standard error 0.29/√n ≈ 0.0009.
+        assert!((mean - 0.5).abs() < 0.005, "mean {mean}");
     }
 
     #[test]

@@ -125,6 +125,45 @@ pub fn sample_norm(x: &Tensor) -> Result<Tensor> {
     reduce(x, &axes, ReduceOp::Norm)
 }
 
+/// Broadcasts `x` to `shape` (x's shape must broadcast to it): the gradient of `sum_to`.
+pub fn broadcast_to(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    if x.shape() == shape {
+        return Ok(x.clone());
+    }
+    let xs = x.shape();
+    let bad = || {
+        Error::shape(
+            "broadcast_to",
+            format!("{xs:?} cannot be broadcast to {shape:?}"),
+        )
+    };
+    if xs.len() > shape.len() {
+        return Err(bad());
+    }
+    let off = shape.len() - xs.len();
+    let mut axes: Vec<usize> = (0..off).collect();
+    for (i, &s) in xs.iter().enumerate() {
+        if s != shape[off + i] {
+            if s != 1 {
+                return Err(bad());
+            }
+            axes.push(off + i);
+        }
+    }
+    // The reduction's backward with op Sum copies dy to every input position.
+    let (p, kept) = plan("broadcast_to", shape, &axes, ReduceOp::Sum)?;
+    let dy = x.reshape(&kept)?;
+    let e = x.engine();
+    let out = Tensor::uninit(e, shape)?;
+    e.dispatch(
+        BACKWARD,
+        &p,
+        &[&dy, &dy, &dy, &out],
+        e.grid(out.numel(), 256),
+    )?;
+    Ok(out)
+}
+
 /// Sums `x` down to `shape` (which must broadcast to x's shape): the gradient of a broadcast.
 pub fn sum_to(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
     if x.shape() == shape {
@@ -307,6 +346,10 @@ mod tests {
             })
             .collect();
         assert_close("sum_to", &s.to_vec().unwrap(), &want, 1e-6, 1e-6);
+        let want = rounded(&want);
+        let b = broadcast_to(&upload(&[3, 1], &want), &[2, 3, 4]).unwrap();
+        let wb: Vec<f64> = (0..24).map(|i| want[(i / 4) % 3]).collect();
+        assert_close("broadcast_to", &b.to_vec().unwrap(), &wb, 0.0, 0.0);
         let err = sum_to(&t, &[5, 1]).unwrap_err().to_string();
         assert!(
             err.contains("sum_to") && err.contains("[2, 3, 4]") && err.contains("[5, 1]"),
