@@ -42,6 +42,10 @@ pub enum Error {
     )]
     DeviceLost(String),
 
+    /// A gradient of a gradient was asked through an op whose backward is a fused kernel.
+    #[error("{0}: differentiating this op's backward again is not supported")]
+    NotDifferentiable(&'static str),
+
     /// The process-wide engine could not be opened (the message is that first error's).
     #[error("{0}")]
     Shared(String),

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod engine;
 pub mod error;
+pub mod graph;
 pub mod ops;
 pub mod tensor;
 

@@ -78,6 +78,34 @@ pub fn split(x: &Tensor, c1: usize) -> Result<(Tensor, Tensor)> {
     Ok((a, b))
 }
 
+/// Channels `start .. start + len` of x (N, C, H, W).
+pub fn slice(x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    let s = x.shape();
+    if s.len() != 4 || start + len > s[1] {
+        return Err(Error::shape(
+            "slice",
+            format!("x {s:?} has no channels {start}..{}", start + len),
+        ));
+    }
+    let out = Tensor::uninit(x.engine(), &[s[0], len, s[2], s[3]])?;
+    copy_channels(x, start, &out, 0, len)?;
+    Ok(out)
+}
+
+/// Zeros of (N, `channels`, H, W) with `x` written at channel `start`: the backward of slice.
+pub fn unslice(x: &Tensor, start: usize, channels: usize) -> Result<Tensor> {
+    let s = x.shape();
+    if s.len() != 4 || start + s[1] > channels {
+        return Err(Error::shape(
+            "unslice",
+            format!("x {s:?} does not fit at channel {start} of {channels}"),
+        ));
+    }
+    let out = Tensor::zeros(x.engine(), &[s[0], channels, s[2], s[3]])?;
+    copy_channels(x, 0, &out, start, s[1])?;
+    Ok(out)
+}
+
 /// (da, db) for out = concat(a, b): the split of dout.
 pub fn concat_backward(dout: &Tensor, ca: usize) -> Result<(Tensor, Tensor)> {
     split(dout, ca)
