@@ -7,6 +7,8 @@ pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod graph;
+pub mod models;
+pub mod nn;
 pub mod ops;
 pub mod tensor;
 

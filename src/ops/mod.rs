@@ -42,7 +42,7 @@ pub fn all_shaders() -> Vec<&'static Shader> {
 }
 
 /// Left-pads a shape of rank ≤ 4 to 4D (`op` names the caller in the error).
-pub(crate) fn pad4(op: &'static str, shape: &[usize]) -> crate::Result<[usize; 4]> {
+pub fn pad4(op: &'static str, shape: &[usize]) -> crate::Result<[usize; 4]> {
     if shape.len() > 4 {
         return Err(crate::Error::shape(
             op,
