@@ -7,6 +7,7 @@ pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod graph;
+pub mod io;
 pub mod models;
 pub mod nn;
 pub mod ops;

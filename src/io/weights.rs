@@ -1,0 +1,191 @@
+//! Model weights as safetensors: tensor names, shapes and layouts are the reference PyTorch
+//! `state_dict`'s (a `model.` prefix, as the reference's wrapper writes, is accepted); the
+//! model config is JSON in the metadata under `proxdm.config`, so a file is self-contained.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::graph::ParamStore;
+use crate::models::{Model, ModelConfig};
+use crate::tensor::Tensor;
+
+/// Metadata key holding the model config as JSON.
+pub const CONFIG_KEY: &str = "proxdm.config";
+
+fn bad(path: &Path, detail: impl Into<String>) -> Error {
+    Error::Format {
+        path: path.display().to_string(),
+        detail: detail.into(),
+    }
+}
+
+/// Serialises `store` (host copies of its tensors) with `config` in the metadata.
+pub fn to_bytes(config: &ModelConfig, store: &ParamStore) -> Result<Vec<u8>> {
+    let host: Vec<(String, Vec<usize>, Vec<u8>)> = store
+        .names()
+        .iter()
+        .zip(store.tensors())
+        .map(|(n, t)| {
+            Ok((
+                n.clone(),
+                t.shape().to_vec(),
+                bytemuck::cast_slice(&t.to_vec()?).to_vec(),
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let views: Vec<(String, TensorView<'_>)> = host
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).expect("shape matches data"),
+            )
+        })
+        .collect();
+    let meta = HashMap::from([
+        (
+            CONFIG_KEY.to_string(),
+            serde_json::to_string(config).expect("config serialises"),
+        ),
+        ("format".to_string(), "pt".to_string()),
+    ]);
+    safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::Gpu(format!("serialising weights: {e}")))
+}
+
+/// Writes the weights atomically (temporary file, then rename).
+pub fn save(path: &Path, config: &ModelConfig, store: &ParamStore) -> Result<()> {
+    super::write_atomic(path, &to_bytes(config, store)?)
+}
+
+/// Loads a model and its parameters. `config` is used when the file carries none (e.g. a
+/// checkpoint converted from the reference); a config in the file wins.
+pub fn load(
+    path: &Path,
+    engine: &Engine,
+    config: Option<&ModelConfig>,
+) -> Result<(Model, ParamStore)> {
+    let bytes = super::read(path)?;
+    parse(path, &bytes, engine, config)
+}
+
+/// [`load`] from bytes already read (`path` names the file in errors).
+pub fn parse(
+    path: &Path,
+    bytes: &[u8],
+    engine: &Engine,
+    config: Option<&ModelConfig>,
+) -> Result<(Model, ParamStore)> {
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| {
+        bad(
+            path,
+            format!("not a valid safetensors file (or truncated): {e}"),
+        )
+    })?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        bad(
+            path,
+            format!("not a valid safetensors file (or truncated): {e}"),
+        )
+    })?;
+    let config = match meta.metadata().as_ref().and_then(|m| m.get(CONFIG_KEY)) {
+        Some(json) => serde_json::from_str::<ModelConfig>(json)
+            .map_err(|e| bad(path, format!("unknown model config in metadata: {e}")))?,
+        None => config.cloned().ok_or_else(|| {
+            bad(
+                path,
+                format!("no model config in the metadata ('{CONFIG_KEY}'); pass one with --config"),
+            )
+        })?,
+    };
+    config.validate().map_err(|e| bad(path, e.to_string()))?;
+    let (model, pb) = Model::build(&config, 0)?;
+    let expected: HashMap<String, Vec<usize>> = pb
+        .into_params()
+        .into_iter()
+        .map(|(n, s, _)| (n, s))
+        .collect();
+
+    let mut found: HashMap<String, TensorView<'_>> = HashMap::new();
+    let mut unexpected = Vec::new();
+    for (name, view) in st.tensors() {
+        let key = name.strip_prefix("model.").unwrap_or(&name).to_string();
+        if expected.contains_key(&key) {
+            found.insert(key, view);
+        } else {
+            unexpected.push(name);
+        }
+    }
+    if !unexpected.is_empty() {
+        unexpected.sort();
+        return Err(bad(
+            path,
+            format!(
+                "{} unexpected tensor(s) for this config: {}",
+                unexpected.len(),
+                preview(&unexpected)
+            ),
+        ));
+    }
+    let mut missing: Vec<String> = model
+        .names
+        .iter()
+        .filter(|n| !found.contains_key(*n))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        missing.sort();
+        return Err(bad(
+            path,
+            format!("{} missing tensor(s): {}", missing.len(), preview(&missing)),
+        ));
+    }
+    let mut store = ParamStore::new();
+    for name in &model.names {
+        let view = &found[name];
+        if view.dtype() != Dtype::F32 {
+            return Err(bad(
+                path,
+                format!("{name}: dtype {:?}, expected F32", view.dtype()),
+            ));
+        }
+        if view.shape() != expected[name].as_slice() {
+            return Err(bad(
+                path,
+                format!(
+                    "{name}: shape {:?}, expected {:?}",
+                    view.shape(),
+                    expected[name]
+                ),
+            ));
+        }
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(bad(
+                path,
+                format!("{name}: element {i} is {} (not finite)", data[i]),
+            ));
+        }
+        store.insert(
+            name.clone(),
+            Tensor::from_slice(engine, view.shape(), &data)?,
+        );
+    }
+    Ok((model, store))
+}
+
+fn preview(names: &[String]) -> String {
+    let mut s = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > 5 {
+        s.push_str(&format!(", … ({} more)", names.len() - 5));
+    }
+    s
+}

@@ -1,0 +1,72 @@
+//! The optimiser state of a model: AdamW moments per parameter and an EMA of the weights,
+//! updated on the GPU in recording order (no host round-trip).
+
+use crate::error::{Error, Result};
+use crate::graph::{ParamStore, Var};
+use crate::ops::{elementwise, optim};
+use crate::tensor::Tensor;
+
+pub use crate::ops::optim::AdamW;
+
+/// AdamW state for every parameter of a store, plus an optional EMA of the weights.
+pub struct Optimizer {
+    pub cfg: AdamW,
+    /// Steps taken so far.
+    pub step: u32,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    /// (decay, EMA weights), the weights that sample.
+    pub ema: Option<(f32, Vec<Tensor>)>,
+}
+
+impl Optimizer {
+    pub fn new(store: &ParamStore, cfg: AdamW, ema_decay: Option<f32>) -> Result<Self> {
+        let zeros = || -> Result<Vec<Tensor>> {
+            store
+                .tensors()
+                .iter()
+                .map(|t| Tensor::zeros(t.engine(), t.shape()))
+                .collect()
+        };
+        let ema = match ema_decay {
+            Some(d) => Some((
+                d,
+                store
+                    .tensors()
+                    .iter()
+                    .map(|t| elementwise::scale(t, 1.0))
+                    .collect::<Result<_>>()?,
+            )),
+            None => None,
+        };
+        Ok(Optimizer {
+            cfg,
+            step: 0,
+            m: zeros()?,
+            v: zeros()?,
+            ema,
+        })
+    }
+
+    /// One AdamW step on every parameter with a gradient (in place), then the EMA update.
+    pub fn update(&mut self, store: &ParamStore, grads: &[Option<Var>]) -> Result<()> {
+        if grads.len() != store.len() {
+            return Err(Error::shape(
+                "Optimizer::update",
+                format!("{} gradients for {} parameters", grads.len(), store.len()),
+            ));
+        }
+        self.step += 1;
+        for (i, (p, g)) in store.tensors().iter().zip(grads).enumerate() {
+            if let Some(g) = g {
+                optim::adamw_step(&self.cfg, self.step, p, g.tensor(), &self.m[i], &self.v[i])?;
+            }
+        }
+        if let Some((decay, ema)) = &self.ema {
+            for (e, p) in ema.iter().zip(store.tensors()) {
+                optim::ema_update(*decay, e, p)?;
+            }
+        }
+        Ok(())
+    }
+}
