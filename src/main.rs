@@ -1,8 +1,10 @@
 //! The `proxdm` command line: argument parsing only; the work is in `proxdm::cli`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use proxdm::cli::apply;
 use proxdm::engine::AdapterRequest;
 
 #[derive(Parser)]
@@ -30,6 +32,75 @@ enum Command {
     /// Run a small GPU computation (matmul, conv2d, group norm, attention, noise) and check it
     /// against the CPU reference.
     Smoke,
+    /// Write a freshly initialised model (config in TOML) to a safetensors file.
+    Init {
+        /// Model config (TOML): kind = "score" | "prox", [unet] and [sde] tables.
+        #[arg(long)]
+        config: PathBuf,
+        /// Output weights file (.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+        /// Initialisation seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Apply a prox network: y ↦ prox_{−λ ln p_t}(y) (MAP denoising), for a batch in .npy.
+    Prox {
+        /// Prox-network weights (.safetensors).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Input batch, float32 .npy of shape (N, C, H, W), images scaled to [-1, 1].
+        #[arg(long)]
+        input: PathBuf,
+        /// Diffusion time t in [0, 1].
+        #[arg(long)]
+        t: f32,
+        /// Prox weight λ > 0.
+        #[arg(long = "lambda")]
+        lambda: f32,
+        /// Output .npy, same shape as the input.
+        #[arg(long)]
+        out: PathBuf,
+        /// Model config for weight files that carry none (e.g. converted from the reference).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Samples per GPU batch.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+    },
+    /// Apply a score network: x ↦ ∇ ln p_t(x), for a batch in .npy.
+    Score {
+        /// Score-network weights (.safetensors).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Input batch, float32 .npy of shape (N, C, H, W).
+        #[arg(long)]
+        input: PathBuf,
+        /// Diffusion time t in (0, 1].
+        #[arg(long)]
+        t: f32,
+        /// Output .npy, same shape as the input.
+        #[arg(long)]
+        out: PathBuf,
+        /// Model config for weight files that carry none.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Samples per GPU batch.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+    },
+    /// Write standard Gaussian noise (reproducible for a seed) as float32 .npy.
+    Randn {
+        /// Shape, comma-separated, e.g. 4,1,32,32.
+        #[arg(long, value_delimiter = ',', required = true)]
+        shape: Vec<usize>,
+        /// Noise seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output .npy.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -39,6 +110,61 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Smoke => {
             let engine = proxdm::Engine::with_request(&request)?;
             print!("{}", proxdm::cli::smoke::run(&engine)?);
+        }
+        Command::Init { config, out, seed } => {
+            let engine = proxdm::Engine::with_request(&request)?;
+            println!("{}", apply::init(&engine, &config, &out, seed)?);
+        }
+        Command::Prox {
+            weights,
+            input,
+            t,
+            lambda,
+            out,
+            config,
+            batch,
+        } => {
+            let engine = proxdm::Engine::with_request(&request)?;
+            let what = apply::Apply::Prox { t, lambda };
+            println!(
+                "{}",
+                apply::apply(
+                    &engine,
+                    &weights,
+                    config.as_deref(),
+                    &input,
+                    &out,
+                    what,
+                    batch
+                )?
+            );
+        }
+        Command::Score {
+            weights,
+            input,
+            t,
+            out,
+            config,
+            batch,
+        } => {
+            let engine = proxdm::Engine::with_request(&request)?;
+            let what = apply::Apply::Score { t };
+            println!(
+                "{}",
+                apply::apply(
+                    &engine,
+                    &weights,
+                    config.as_deref(),
+                    &input,
+                    &out,
+                    what,
+                    batch
+                )?
+            );
+        }
+        Command::Randn { shape, seed, out } => {
+            let engine = proxdm::Engine::with_request(&request)?;
+            println!("{}", apply::randn(&engine, &shape, seed, &out)?);
         }
     }
     Ok(())

@@ -1,4 +1,5 @@
 //! The `proxdm` subcommands' logic (main.rs only parses arguments).
 
+pub mod apply;
 pub mod info;
 pub mod smoke;

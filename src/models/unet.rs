@@ -327,25 +327,22 @@ impl Model {
     /// prox_{−λ ln p_t}(y) = y − √λ·g(y, t, λ) for per-sample t and λ.
     pub fn prox(&self, g: &Graph, p: &[Var], y: &Var, t: &[f32], lamb: &[f32]) -> Result<Var> {
         let n = y.shape()[0];
-        if self.config.kind != ModelKind::Prox || t.len() != n || lamb.len() != n {
+        if self.config.kind != ModelKind::Prox {
             return Err(Error::shape(
                 "prox",
-                format!("needs a prox network and {n} values of t and λ"),
+                "these weights are a score network: use `proxdm score`",
+            ));
+        }
+        if t.len() != n || lamb.len() != n {
+            return Err(Error::shape(
+                "prox",
+                format!("{n} samples need {n} values of t and λ"),
             ));
         }
         let e = g.engine();
         let tv = g.constant(Tensor::from_slice(e, &[n], t)?);
         let lv = g.constant(Tensor::from_slice(e, &[n], lamb)?);
-        let eps = self.eps(
-            &crate::nn::Gpu {
-                graph: g,
-                dropout_seed: None,
-            },
-            p,
-            y,
-            &tv,
-            Some(&lv),
-        )?;
+        let eps = self.eps(&crate::nn::Gpu::inference(g), p, y, &tv, Some(&lv))?;
         let coef: Vec<f32> = lamb.iter().map(|l| -l.sqrt()).collect();
         let c = g.constant(Tensor::from_slice(e, &[n, 1, 1, 1], &coef)?);
         g.add(y, &g.mul(&eps, &c)?)
@@ -354,24 +351,21 @@ impl Model {
     /// score(x, t) = −ε(x, t)/√(1−α(t)) for per-sample t.
     pub fn score(&self, g: &Graph, p: &[Var], x: &Var, t: &[f32]) -> Result<Var> {
         let n = x.shape()[0];
-        if self.config.kind != ModelKind::Score || t.len() != n {
+        if self.config.kind != ModelKind::Score {
             return Err(Error::shape(
                 "score",
-                format!("needs a score network and {n} values of t"),
+                "these weights are a prox network: use `proxdm prox`",
+            ));
+        }
+        if t.len() != n {
+            return Err(Error::shape(
+                "score",
+                format!("{n} samples need {n} values of t"),
             ));
         }
         let e = g.engine();
         let tv = g.constant(Tensor::from_slice(e, &[n], t)?);
-        let eps = self.eps(
-            &crate::nn::Gpu {
-                graph: g,
-                dropout_seed: None,
-            },
-            p,
-            x,
-            &tv,
-            None,
-        )?;
+        let eps = self.eps(&crate::nn::Gpu::inference(g), p, x, &tv, None)?;
         let coef: Vec<f32> = t
             .iter()
             .map(|&t| (-1.0 / (1.0 - self.config.sde.alpha(t as f64)).sqrt()) as f32)

@@ -48,6 +48,16 @@ pub struct Gpu<'g> {
     pub dropout_seed: Option<u64>,
 }
 
+impl<'g> Gpu<'g> {
+    /// No dropout (evaluation).
+    pub fn inference(graph: &'g Graph) -> Self {
+        Gpu {
+            graph,
+            dropout_seed: None,
+        }
+    }
+}
+
 impl Backend for Gpu<'_> {
     type T = Var;
     fn shape<'a>(&self, x: &'a Var) -> &'a [usize] {
