@@ -187,8 +187,10 @@ mod tests {
         let b = to_bytes(&a);
         let e = parse(p, &b[..b.len() - 3]).unwrap_err().to_string();
         assert!(e.contains("truncated") && e.contains("[4]"), "{e}");
-        let bi = String::from_utf8_lossy(&b).replace("<f4", "<i4");
-        let e = parse(p, bi.as_bytes()).unwrap_err().to_string();
+        let mut bi = b.clone();
+        let at = bi.windows(3).position(|w| w == b"<f4").unwrap();
+        bi[at + 1] = b'i';
+        let e = parse(p, &bi).unwrap_err().to_string();
         assert!(e.contains("<i4") && e.contains("float32"), "{e}");
     }
 }
