@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 use crate::ops::elementwise::{self as ew, UnaryOp};
 use crate::ops::loss::Loss;
 use crate::ops::{
-    channel, conv2d, embedding, group_norm, loss, matmul, noise, reduce, softmax, upsample,
+    attention, channel, conv2d, embedding, group_norm, loss, matmul, noise, reduce, softmax,
+    upsample,
 };
 use crate::tensor::Tensor;
 
@@ -449,18 +450,8 @@ impl Graph {
 
     /// Self-attention: q, k, v (B, C, T) → v · softmax(qᵀk/√C)ᵀ, built from matmul and softmax.
     pub fn attention(&self, q: &Var, k: &Var, v: &Var) -> Result<Var> {
-        let s = q.shape();
-        if s.len() != 3 || k.shape() != s || v.shape() != s {
-            return Err(Error::shape(
-                "attention",
-                format!(
-                    "q {s:?}, k {:?} and v {:?} must all be (B, C, T)",
-                    k.shape(),
-                    v.shape()
-                ),
-            ));
-        }
-        let logits = self.matmul(q, k, true, false, 1.0 / (s[1] as f32).sqrt())?;
+        let scale = attention::check_shapes(q.shape(), k.shape(), v.shape())?;
+        let logits = self.matmul(q, k, true, false, scale)?;
         let probs = self.softmax(&logits)?;
         self.matmul(v, &probs, false, true, 1.0)
     }

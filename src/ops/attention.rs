@@ -12,21 +12,21 @@ pub struct AttentionSaved {
     pub scale: f32,
 }
 
+/// Checks q, k, v are all (B, C, T); returns the logit scale 1/√C.
+pub fn check_shapes(q: &[usize], k: &[usize], v: &[usize]) -> Result<f32> {
+    if q.len() != 3 || k != q || v != q {
+        return Err(Error::shape(
+            "attention",
+            format!("q {q:?}, k {k:?} and v {v:?} must all be (B, C, T)"),
+        ));
+    }
+    Ok(1.0 / (q[1] as f32).sqrt())
+}
+
 /// q, k, v (B, C, T) → out (B, C, T) with out[:, :, i] = Σ_j P[i, j] v[:, :, j],
 /// P = softmax_j(q_iᵀ k_j / √C).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, AttentionSaved)> {
-    let s = q.shape();
-    if s.len() != 3 || k.shape() != s || v.shape() != s {
-        return Err(Error::shape(
-            "attention",
-            format!(
-                "q {s:?}, k {:?} and v {:?} must all be (B, C, T)",
-                k.shape(),
-                v.shape()
-            ),
-        ));
-    }
-    let scale = 1.0 / (s[1] as f32).sqrt();
+    let scale = check_shapes(q.shape(), k.shape(), v.shape())?;
     let logits = matmul::matmul(q, k, true, false, scale)?; // (B, T, T) = scale · qᵀ k
     let probs = softmax::softmax(&logits)?;
     let out = matmul::matmul(v, &probs, false, true, 1.0)?; // (B, C, T) = v · Pᵀ

@@ -26,6 +26,20 @@ struct Params {
     _pad: u32,
 }
 
+impl Params {
+    /// Params for `out`'s elements under (seed, stream), starting at draw `offset`.
+    fn keyed(out: &Tensor, seed: u64, stream: u32, offset: u32) -> Self {
+        Params {
+            n: out.numel() as u32,
+            key_lo: seed as u32,
+            key_hi: (seed >> 32) as u32,
+            stream,
+            offset,
+            ..Default::default()
+        }
+    }
+}
+
 /// Fills `out` in place with N(mean, std²) draws: element i is draw (offset + i) of `stream`.
 pub fn fill_gaussian(
     out: &Tensor,
@@ -36,14 +50,9 @@ pub fn fill_gaussian(
     std: f32,
 ) -> Result<()> {
     let p = Params {
-        n: out.numel() as u32,
-        key_lo: seed as u32,
-        key_hi: (seed >> 32) as u32,
-        stream,
-        offset,
         mean,
         std,
-        _pad: 0,
+        ..Params::keyed(out, seed, stream, offset)
     };
     let e = out.engine();
     e.dispatch(GAUSSIAN, &p, &[out], e.grid(out.numel().div_ceil(4), 64))
@@ -51,14 +60,7 @@ pub fn fill_gaussian(
 
 /// Fills `out` with uniform draws in (0, 1]: element i is draw (offset + i) of `stream`.
 pub fn fill_uniform(out: &Tensor, seed: u64, stream: u32, offset: u32) -> Result<()> {
-    let p = Params {
-        n: out.numel() as u32,
-        key_lo: seed as u32,
-        key_hi: (seed >> 32) as u32,
-        stream,
-        offset,
-        ..Default::default()
-    };
+    let p = Params::keyed(out, seed, stream, offset);
     let e = out.engine();
     e.dispatch(UNIFORM, &p, &[out], e.grid(out.numel(), 64))
 }
