@@ -15,6 +15,7 @@ pub mod matmul;
 pub mod noise;
 pub mod optim;
 pub mod reduce;
+pub mod sampler;
 pub mod softmax;
 pub mod upsample;
 
@@ -36,6 +37,7 @@ pub fn all_shaders() -> Vec<&'static Shader> {
         &noise::SHADER,
         &optim::SHADER,
         &reduce::SHADER,
+        &sampler::SHADER,
         &softmax::SHADER,
         &upsample::SHADER,
     ]
