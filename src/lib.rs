@@ -4,6 +4,7 @@
 //! [`tensor`] (GPU tensors), [`ops`] (one WGSL kernel family per module, with CPU references).
 
 pub mod cli;
+pub mod diffusion;
 pub mod engine;
 pub mod error;
 pub mod graph;

@@ -57,9 +57,19 @@ impl Default for SdeConfig {
 }
 
 impl SdeConfig {
-    /// α(t) = exp(−∫₀ᵗ β) with β linear.
+    /// β(t) = β_min + (β_max − β_min)·t.
+    pub fn beta(&self, t: f64) -> f64 {
+        self.beta_min + (self.beta_max - self.beta_min) * t
+    }
+
+    /// B(a, b) = ∫_a^b β = (β(a) + β(b))(b − a)/2.
+    pub fn integral(&self, a: f64, b: f64) -> f64 {
+        0.5 * (self.beta(a) + self.beta(b)) * (b - a)
+    }
+
+    /// α(t) = exp(−B(0, t)).
     pub fn alpha(&self, t: f64) -> f64 {
-        (-(self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t * t)).exp()
+        (-self.integral(0.0, t)).exp()
     }
 }
 

@@ -1,0 +1,6 @@
+//! The method: the VP SDE, score and ProxDM samplers, and the oracles they call.
+
+pub mod oracles;
+pub mod samplers;
+
+pub use crate::models::SdeConfig as Sde;

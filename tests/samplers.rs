@@ -1,0 +1,207 @@
+//! Samplers against closed forms: a Gaussian target whose score and prox are known exactly.
+
+use proxdm::diffusion::Sde;
+use proxdm::diffusion::oracles::Gaussian;
+use proxdm::diffusion::samplers::*;
+use proxdm::{Engine, Tensor};
+
+fn engine() -> Engine {
+    Engine::new().unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
+}
+
+const MEAN: [f32; 2] = [1.0, -2.0];
+const STD: f64 = 0.5;
+
+fn target(e: &Engine) -> Gaussian {
+    Gaussian {
+        sde: Sde::default(),
+        mean: Tensor::from_slice(e, &[2], &MEAN).unwrap(),
+        std: STD,
+    }
+}
+
+/// Per-dimension mean and variance of (N, 2) samples.
+fn moments(x: &Tensor) -> ([f64; 2], [f64; 2]) {
+    let v = x.to_vec().unwrap();
+    let n = (v.len() / 2) as f64;
+    let mut m = [0.0; 2];
+    let mut s = [0.0; 2];
+    for (i, &x) in v.iter().enumerate() {
+        m[i % 2] += x as f64 / n;
+    }
+    for (i, &x) in v.iter().enumerate() {
+        s[i % 2] += (x as f64 - m[i % 2]).powi(2) / n;
+    }
+    (m, s)
+}
+
+#[test]
+fn closed_form_score_and_prox_of_a_gaussian() {
+    let e = engine();
+    let g = target(&e);
+    let sde = Sde::default();
+    let x = Tensor::from_slice(&e, &[2, 2], &[0.0, 0.0, 3.0, 1.0]).unwrap();
+    let t = 0.3f32;
+    let a = sde.alpha(t as f64);
+    let (mu, v) = ([a.sqrt() * 1.0, a.sqrt() * -2.0], a * STD * STD + 1.0 - a);
+    let s = g.score(&x, t).unwrap().to_vec().unwrap();
+    let xs = [0.0, 0.0, 3.0, 1.0];
+    for i in 0..4 {
+        let want = -(xs[i] - mu[i % 2]) / v;
+        assert!(
+            (s[i] as f64 - want).abs() < 1e-5,
+            "score[{i}] {} vs {want}",
+            s[i]
+        );
+    }
+    // The prox satisfies its optimality condition u − y − λ∇ln p_t(u) = 0.
+    let lambda = 0.7f32;
+    let u = g.prox(&x, t, lambda).unwrap();
+    let su = g.score(&u, t).unwrap().to_vec().unwrap();
+    for (i, (uu, ss)) in u.to_vec().unwrap().iter().zip(su).enumerate() {
+        let r = uu - xs[i] as f32 - lambda * ss;
+        assert!(r.abs() < 1e-5, "optimality residual {r} at {i}");
+    }
+}
+
+#[test]
+fn every_sampler_reaches_the_gaussian_targets_moments_with_many_steps() {
+    let e = engine();
+    let g = target(&e);
+    let sde = Sde::default();
+    let n = 20_000;
+    let steps = 200;
+    let score: [(&str, ScoreSampler); 3] = [
+        (
+            "score-em",
+            ScoreSampler::EulerMaruyama {
+                eps_t: 1e-3,
+                last_noise: false,
+            },
+        ),
+        (
+            "score-em-denoise",
+            ScoreSampler::EulerMaruyamaDenoise { eps_t: 1e-3 },
+        ),
+        ("score-ode", ScoreSampler::ProbabilityFlow { eps_t: 1e-3 }),
+    ];
+    let mut results = Vec::new();
+    for (name, k) in score {
+        let x = sample_score(
+            &g,
+            &sde,
+            k,
+            steps,
+            initial_noise(&e, &[n, 2], 1).unwrap(),
+            1,
+        )
+        .unwrap();
+        results.push((name, moments(&x)));
+    }
+    for (name, k) in [
+        ("prox-hybrid", ProxSampler::Hybrid),
+        ("prox-backward", ProxSampler::Backward),
+    ] {
+        let x = sample_prox(
+            &g,
+            &sde,
+            k,
+            steps,
+            initial_noise(&e, &[n, 2], 1).unwrap(),
+            1,
+        )
+        .unwrap();
+        results.push((name, moments(&x)));
+    }
+    for (name, (m, v)) in results {
+        for d in 0..2 {
+            // Standard error of the mean 0.5/√20000 ≈ 0.0035; of the variance ≈ 0.0025.
+            assert!(
+                (m[d] - MEAN[d] as f64).abs() < 0.02,
+                "{name}: mean[{d}] = {} vs {}",
+                m[d],
+                MEAN[d]
+            );
+            assert!(
+                (v[d] - STD * STD).abs() < 0.02,
+                "{name}: var[{d}] = {} vs {}",
+                v[d],
+                STD * STD
+            );
+        }
+    }
+}
+
+#[test]
+fn backward_sampler_refuses_too_few_steps_and_names_the_minimum() {
+    let e = engine();
+    let g = target(&e);
+    let sde = Sde::default();
+    assert_eq!(min_backward_steps(&sde), 10);
+    let err = sample_prox(
+        &g,
+        &sde,
+        ProxSampler::Backward,
+        9,
+        initial_noise(&e, &[4, 2], 0).unwrap(),
+        0,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("at least 10 steps") && err.contains("≥ 2"),
+        "{err}"
+    );
+    assert!(
+        sample_prox(
+            &g,
+            &sde,
+            ProxSampler::Backward,
+            10,
+            initial_noise(&e, &[4, 2], 0).unwrap(),
+            0
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn same_seed_same_samples_other_seed_other_samples() {
+    let e = engine();
+    let g = target(&e);
+    let sde = Sde::default();
+    let run = |seed| {
+        sample_prox(
+            &g,
+            &sde,
+            ProxSampler::Hybrid,
+            5,
+            initial_noise(&e, &[64, 2], seed).unwrap(),
+            seed,
+        )
+        .unwrap()
+        .to_vec()
+        .unwrap()
+    };
+    assert_eq!(run(3), run(3));
+    assert_ne!(run(3), run(4));
+    let em = |seed| {
+        let k = ScoreSampler::EulerMaruyama {
+            eps_t: 1e-3,
+            last_noise: false,
+        };
+        sample_score(
+            &g,
+            &sde,
+            k,
+            5,
+            initial_noise(&e, &[64, 2], seed).unwrap(),
+            seed,
+        )
+        .unwrap()
+        .to_vec()
+        .unwrap()
+    };
+    assert_eq!(em(3), em(3));
+    assert_ne!(em(3), em(4));
+}
