@@ -205,3 +205,61 @@ fn same_seed_same_samples_other_seed_other_samples() {
     assert_eq!(em(3), em(3));
     assert_ne!(em(3), em(4));
 }
+
+#[test]
+fn prox_samplers_on_a_two_point_mixture_split_mass_evenly_in_few_steps() {
+    use proxdm::diffusion::oracles::Mixture;
+    let e = engine();
+    let pts = Tensor::from_slice(&e, &[2, 2], &[-1.0, 0.0, 1.0, 0.0]).unwrap();
+    let mix = Mixture::new(Sde::default(), pts);
+    let n = 4000;
+    for (kind, steps) in [(ProxSampler::Hybrid, 5), (ProxSampler::Backward, 10)] {
+        let x = sample_prox(
+            &mix,
+            &Sde::default(),
+            kind,
+            steps,
+            initial_noise(&e, &[n, 2], 7).unwrap(),
+            7,
+        )
+        .unwrap();
+        let v = x.to_vec().unwrap();
+        // The last prox is at t = 0: every sample lands exactly on a target point.
+        assert!(
+            v.chunks(2)
+                .all(|p| (p[0].abs() - 1.0).abs() < 1e-6 && p[1] == 0.0),
+            "{kind:?}"
+        );
+        let right = v.chunks(2).filter(|p| p[0] > 0.0).count() as f64 / n as f64;
+        // Binomial standard error √(0.25/4000) ≈ 0.008.
+        assert!(
+            (right - 0.5).abs() < 0.04,
+            "{kind:?}: {right} of the mass on the right point"
+        );
+        let (bad, worst) = mix.take_unconverged().unwrap();
+        assert_eq!(
+            bad, 0,
+            "{kind:?}: non-converged prox points (worst residual {worst})"
+        );
+    }
+    // The exact score drives Euler–Maruyama to the points with many steps.
+    let k = ScoreSampler::EulerMaruyamaDenoise { eps_t: 1e-3 };
+    let x = sample_score(
+        &mix,
+        &Sde::default(),
+        k,
+        500,
+        initial_noise(&e, &[n, 2], 8).unwrap(),
+        8,
+    )
+    .unwrap();
+    let v = x.to_vec().unwrap();
+    let near = v
+        .chunks(2)
+        .filter(|p| ((p[0].abs() - 1.0).powi(2) + p[1].powi(2)).sqrt() < 0.1)
+        .count();
+    assert!(
+        near as f64 > 0.95 * n as f64,
+        "only {near} of {n} samples near a point"
+    );
+}

@@ -79,3 +79,66 @@ impl ProxOracle for Gaussian {
         elementwise::add(&elementwise::scale(y, (v / (v + l)) as f32)?, &m)
     }
 }
+
+/// The 2D toy target: a uniform mixture of Diracs at `points` (M, 2), perturbed by the SDE.
+/// Its score is exact; its prox is solved per point on the GPU (`ops::gmm`), and every call's
+/// final residual is accumulated so non-converged points can be reported, not hidden.
+pub struct Mixture {
+    pub sde: Sde,
+    pub points: Tensor,
+    status: std::cell::RefCell<Option<Tensor>>,
+}
+
+impl Mixture {
+    pub fn new(sde: Sde, points: Tensor) -> Self {
+        Mixture {
+            sde,
+            points,
+            status: std::cell::RefCell::new(None),
+        }
+    }
+
+    fn coefs(&self, t: f32) -> (f32, f32) {
+        let a = self.sde.alpha(t as f64);
+        (a.sqrt() as f32, (1.0 - a) as f32)
+    }
+
+    /// Largest prox residual seen per sample so far, and how many exceed the tolerance
+    /// (reads back; call after sampling). Resets the record.
+    pub fn take_unconverged(&self) -> Result<(usize, f32)> {
+        let Some(s) = self.status.borrow_mut().take() else {
+            return Ok((0, 0.0));
+        };
+        let v = s.to_vec()?;
+        let worst = v.iter().cloned().fold(0.0, f32::max);
+        Ok((
+            v.iter().filter(|&&r| r >= crate::ops::gmm::TOL).count(),
+            worst,
+        ))
+    }
+}
+
+impl ScoreOracle for Mixture {
+    fn score(&self, x: &Tensor, t: f32) -> Result<Tensor> {
+        let (sa, var) = self.coefs(t);
+        crate::ops::gmm::score(&self.points, x, sa, var)
+    }
+}
+
+impl ProxOracle for Mixture {
+    fn prox(&self, y: &Tensor, t: f32, lambda: f32) -> Result<Tensor> {
+        let (sa, var) = self.coefs(t);
+        let mut status = self.status.borrow_mut();
+        if status.as_ref().is_none_or(|s| s.shape() != [y.shape()[0]]) {
+            *status = Some(Tensor::zeros(y.engine(), &[y.shape()[0]])?);
+        }
+        crate::ops::gmm::prox(
+            &self.points,
+            y,
+            sa,
+            var,
+            lambda,
+            status.as_ref().expect("set above"),
+        )
+    }
+}

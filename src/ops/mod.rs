@@ -9,6 +9,7 @@ pub mod channel;
 pub mod conv2d;
 pub mod elementwise;
 pub mod embedding;
+pub mod gmm;
 pub mod group_norm;
 pub mod loss;
 pub mod matmul;
@@ -31,6 +32,7 @@ pub fn all_shaders() -> Vec<&'static Shader> {
         &conv2d::SHADER,
         &elementwise::SHADER,
         &embedding::SHADER,
+        &gmm::SHADER,
         &group_norm::SHADER,
         &loss::SHADER,
         &matmul::SHADER,
