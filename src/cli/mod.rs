@@ -3,3 +3,4 @@
 pub mod apply;
 pub mod info;
 pub mod smoke;
+pub mod toy;

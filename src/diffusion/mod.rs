@@ -3,5 +3,6 @@
 pub mod oracles;
 pub mod ot;
 pub mod samplers;
+pub mod toy;
 
 pub use crate::models::SdeConfig as Sde;

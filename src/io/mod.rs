@@ -1,6 +1,7 @@
 //! Files: model weights (safetensors with the config in the metadata) and `.npy` arrays.
 
 pub mod npy;
+pub mod plot;
 pub mod weights;
 
 use std::path::Path;
