@@ -1,8 +1,12 @@
 //! Kernel benchmarks: each timed iteration records the op, submits and waits for the GPU, so the
 //! time is the device's. Throughput is reported in FLOP/s (criterion's "elements" are FLOPs).
+//! Sampler throughput is reported in samples/s (elements = samples).
 //! `cargo bench` runs them on the adapter `proxdm info` marks (PROXDM_BACKEND/PROXDM_ADAPTER).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use proxdm::diffusion::oracles::Mixture;
+use proxdm::diffusion::samplers::{initial_noise, sample_prox, sample_score};
+use proxdm::diffusion::{Sde, toy};
 use proxdm::ops::{conv2d, matmul};
 use proxdm::{Engine, Tensor};
 
@@ -40,6 +44,32 @@ fn benches(c: &mut Criterion) {
                 let y = conv2d::conv2d(&x, &w, None, 1, 1).unwrap();
                 e.sync().unwrap();
                 y
+            })
+        });
+    }
+    g.finish();
+
+    // Samplers on the 2D toy target with the exact oracle: 1000 samples × 40 steps.
+    let mut g = c.benchmark_group(format!("samplers 1000 x 40 steps, {}", info.name));
+    g.sample_size(10);
+    let pts = toy::dataset("swissroll", 200, 0).unwrap();
+    let flat: Vec<f32> = pts
+        .iter()
+        .flat_map(|p| [p[0] as f32, p[1] as f32])
+        .collect();
+    let sde = Sde::default();
+    let mix = Mixture::new(sde, Tensor::from_slice(&e, &[200, 2], &flat).unwrap());
+    g.throughput(Throughput::Elements(1000));
+    for (name, s) in toy::all_samplers() {
+        g.bench_function(name, |bench| {
+            bench.iter(|| {
+                let x = initial_noise(&e, &[1000, 2], 0).unwrap();
+                let out = match s {
+                    toy::ToySampler::Score(k) => sample_score(&mix, &sde, k, 40, x, 0).unwrap(),
+                    toy::ToySampler::Prox(k) => sample_prox(&mix, &sde, k, 40, x, 0).unwrap(),
+                };
+                e.sync().unwrap();
+                out
             })
         });
     }

@@ -126,6 +126,12 @@ enum Command {
         /// Write every sampler's samples as CSV files into this directory.
         #[arg(long)]
         save_samples: Option<PathBuf>,
+        /// β(0) of the VP SDE's linear schedule.
+        #[arg(long, default_value_t = 0.1)]
+        beta_min: f64,
+        /// β(1) of the VP SDE's linear schedule.
+        #[arg(long, default_value_t = 20.0)]
+        beta_max: f64,
     },
     /// Write standard Gaussian noise (reproducible for a seed) as float32 .npy.
     Randn {
@@ -212,8 +218,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             plot,
             save_samples,
+            beta_min,
+            beta_max,
         } => {
             let engine = proxdm::Engine::with_request(&request)?;
+            let sde = proxdm::diffusion::Sde { beta_min, beta_max };
             let args = proxdm::cli::toy::ToyArgs {
                 points,
                 offset,
@@ -226,6 +235,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out,
                 plot,
                 save_samples,
+                sde,
             };
             print!("{}", proxdm::cli::toy::run(&engine, &args)?);
         }

@@ -19,8 +19,13 @@ fn run(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// A path in a directory of its own per test (tests run in parallel).
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("proxdm-cli-{}", std::process::id()));
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("main")
+        .replace("::", "-");
+    let d = std::env::temp_dir().join(format!("proxdm-cli-{}-{test}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d.join(name)
 }
@@ -151,4 +156,66 @@ fn init_randn_prox_and_score_work_end_to_end() {
     ]);
     assert!(!ok && out.contains("0 < t"), "{out}");
     std::fs::remove_dir_all(w.parent().unwrap()).ok();
+}
+
+#[test]
+fn toy_experiment_writes_table_figure_and_samples() {
+    let (csv, png, dir) = (tmp("toy.csv"), tmp("toy.png"), tmp("samples"));
+    let p = |q: &PathBuf| q.to_str().unwrap().to_string();
+    let (ok, out) = run(&[
+        "toy",
+        "--dataset",
+        "moons",
+        "--samples",
+        "200",
+        "--steps",
+        "5,10",
+        "--seed",
+        "3",
+        "--out",
+        &p(&csv),
+        "--plot",
+        &p(&png),
+        "--save-samples",
+        &p(&dir),
+    ]);
+    assert!(ok, "{out}");
+    for name in [
+        "score-em",
+        "score-em-denoise-1e-3",
+        "score-em-denoise-1e-5",
+        "score-ode",
+        "prox-hybrid",
+        "prox-backward",
+    ] {
+        assert!(out.contains(name), "table lacks {name}:\n{out}");
+    }
+    assert!(
+        out.contains("not converged to |residual| < 1e-6: 0"),
+        "{out}"
+    );
+    let table = std::fs::read_to_string(&csv).unwrap();
+    // 6 samplers × 2 step counts; backward at 5 steps is undefined (empty cells).
+    assert_eq!(table.lines().count(), 13, "{table}");
+    assert!(table.contains("prox-backward,5,,,0"), "{table}");
+    let w2: Vec<f64> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(3).and_then(|v| v.parse().ok()))
+        .collect();
+    assert_eq!(w2.len(), 11);
+    assert!(w2.iter().all(|v| v.is_finite() && *v >= 0.0));
+    assert!(std::fs::metadata(&png).unwrap().len() > 1000);
+    assert!(dir.join("prox-hybrid-5.csv").exists());
+    // A dataset name that does not exist, and a malformed CSV, are clear errors.
+    let (ok, out) = run(&["toy", "--dataset", "spiral"]);
+    assert!(
+        !ok && out.contains("unknown dataset 'spiral'") && out.contains("swissroll"),
+        "{out}"
+    );
+    let bad = tmp("bad.csv");
+    std::fs::write(&bad, "a,b\n1,2\n").unwrap();
+    let (ok, out) = run(&["toy", "--points", &p(&bad)]);
+    assert!(!ok && out.contains("must name columns x and y"), "{out}");
+    std::fs::remove_dir_all(csv.parent().unwrap()).ok();
 }

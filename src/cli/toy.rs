@@ -20,6 +20,7 @@ pub struct ToyArgs {
     pub out: Option<PathBuf>,
     pub plot: Option<PathBuf>,
     pub save_samples: Option<PathBuf>,
+    pub sde: crate::diffusion::Sde,
 }
 
 pub fn run(engine: &Engine, a: &ToyArgs) -> Result<String> {
@@ -60,6 +61,15 @@ pub fn run(engine: &Engine, a: &ToyArgs) -> Result<String> {
             })
             .collect::<Result<_>>()?
     };
+    if !(a.sde.beta_min > 0.0 && a.sde.beta_max > a.sde.beta_min) {
+        return Err(Error::Format {
+            path: "arguments".into(),
+            detail: format!(
+                "need 0 < --beta-min < --beta-max, got {} and {}",
+                a.sde.beta_min, a.sde.beta_max
+            ),
+        });
+    }
     if a.steps.is_empty() || a.steps.contains(&0) || a.samples == 0 {
         return Err(Error::Format {
             path: "arguments".into(),

@@ -5,6 +5,9 @@
 
 use crate::error::{Error, Result};
 
+/// A basis cell: (row, column, flow).
+pub type Cell = (usize, usize, i64);
+
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
@@ -12,7 +15,12 @@ fn gcd(a: usize, b: usize) -> usize {
 /// W_p between point sets `x` (n points) and `y` (m points) of dimension `dim`, each with
 /// uniform weights, for the Euclidean ground distance.
 pub fn wasserstein(x: &[f64], y: &[f64], dim: usize, p: u32) -> Result<f64> {
-    if dim == 0 || x.len() % dim != 0 || y.len() % dim != 0 || x.is_empty() || y.is_empty() {
+    if dim == 0
+        || !x.len().is_multiple_of(dim)
+        || !y.len().is_multiple_of(dim)
+        || x.is_empty()
+        || y.is_empty()
+    {
         return Err(Error::shape(
             "wasserstein",
             format!(
@@ -43,7 +51,7 @@ pub fn transport(
     supply: &[i64],
     demand: &[i64],
     cost: impl Fn(usize, usize) -> f64,
-) -> Result<(f64, Vec<(usize, usize, i64)>)> {
+) -> Result<(f64, Vec<Cell>)> {
     let (n, m) = (supply.len(), demand.len());
     if supply.iter().sum::<i64>() != demand.iter().sum::<i64>()
         || supply.iter().chain(demand).any(|&v| v <= 0)
@@ -58,7 +66,7 @@ pub fn transport(
 
     // Basis: n + m − 1 cells forming a spanning tree of the bipartite graph (rows 0..n,
     // columns n..n+m). Start from the north-west corner rule.
-    let mut flow: Vec<(usize, usize, i64)> = Vec::with_capacity(n + m - 1);
+    let mut flow: Vec<Cell> = Vec::with_capacity(n + m - 1);
     {
         let (mut s, mut d) = (supply.to_vec(), demand.to_vec());
         let (mut i, mut j) = (0, 0);
@@ -189,7 +197,7 @@ pub fn transport(
 }
 
 /// The node at the other end of basis cell `k` from `node`.
-fn other(flow: &[(usize, usize, i64)], k: usize, node: usize, n: usize) -> usize {
+fn other(flow: &[Cell], k: usize, node: usize, n: usize) -> usize {
     let (i, j, _) = flow[k];
     if node == i { n + j } else { i }
 }
