@@ -91,48 +91,7 @@ enum Command {
     },
     /// The paper's 2D oracle experiment: every sampler with the exact score or the oracle prox
     /// of a mixture of Diracs, W1/W2 to the target against the number of steps.
-    Toy {
-        /// Target points from a CSV file with an `x,y` header (e.g. the Datasaurus dino).
-        #[arg(long, conflicts_with = "dataset")]
-        points: Option<PathBuf>,
-        /// Subtracted from every coordinate of --points (the paper uses 50 for the dino).
-        #[arg(long, default_value_t = 0.0)]
-        offset: f64,
-        /// Divides every coordinate of --points after the offset (the paper uses 50).
-        #[arg(long, default_value_t = 1.0)]
-        scale: f64,
-        /// A built-in target instead: swissroll, moons, rings or checkerboard (200 points).
-        #[arg(long)]
-        dataset: Option<String>,
-        /// Samplers, comma-separated, or "all": score-em, score-em-denoise-1e-3,
-        /// score-em-denoise-1e-5, score-ode, prox-hybrid, prox-backward.
-        #[arg(long, value_delimiter = ',', default_value = "all")]
-        samplers: Vec<String>,
-        /// Step counts, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "5,7,10,20,30,40")]
-        steps: Vec<usize>,
-        /// Samples per sampler and step count.
-        #[arg(long, default_value_t = 1000)]
-        samples: usize,
-        /// Seed of the initial noise and of every step's noise (and of built-in datasets).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Write the W1/W2 table as CSV here.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Draw the figure (target, samples at the fewest steps, W2 against steps) as PNG here.
-        #[arg(long)]
-        plot: Option<PathBuf>,
-        /// Write every sampler's samples as CSV files into this directory.
-        #[arg(long)]
-        save_samples: Option<PathBuf>,
-        /// β(0) of the VP SDE's linear schedule.
-        #[arg(long, default_value_t = 0.1)]
-        beta_min: f64,
-        /// β(1) of the VP SDE's linear schedule.
-        #[arg(long, default_value_t = 20.0)]
-        beta_max: f64,
-    },
+    Toy(proxdm::cli::toy::ToyArgs),
     /// Write standard Gaussian noise (reproducible for a seed) as float32 .npy.
     Randn {
         /// Shape, comma-separated, e.g. 4,1,32,32.
@@ -206,37 +165,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 )?
             );
         }
-        Command::Toy {
-            points,
-            offset,
-            scale,
-            dataset,
-            samplers,
-            steps,
-            samples,
-            seed,
-            out,
-            plot,
-            save_samples,
-            beta_min,
-            beta_max,
-        } => {
+        Command::Toy(args) => {
             let engine = proxdm::Engine::with_request(&request)?;
-            let sde = proxdm::diffusion::Sde { beta_min, beta_max };
-            let args = proxdm::cli::toy::ToyArgs {
-                points,
-                offset,
-                scale,
-                dataset,
-                samplers,
-                steps,
-                samples,
-                seed,
-                out,
-                plot,
-                save_samples,
-                sde,
-            };
             print!("{}", proxdm::cli::toy::run(&engine, &args)?);
         }
         Command::Randn { shape, seed, out } => {

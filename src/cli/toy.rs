@@ -7,20 +7,49 @@ use crate::diffusion::toy::{self, ToySampler};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 
-/// Everything `proxdm toy` takes.
+/// Everything `proxdm toy` takes (its command-line flags).
+#[derive(clap::Args, Debug)]
 pub struct ToyArgs {
+    /// Target points from a CSV file with an `x,y` header (e.g. the Datasaurus dino).
+    #[arg(long, conflicts_with = "dataset")]
     pub points: Option<PathBuf>,
+    /// Subtracted from every coordinate of --points (the paper uses 50 for the dino).
+    #[arg(long, default_value_t = 0.0)]
     pub offset: f64,
+    /// Divides every coordinate of --points after the offset (the paper uses 50).
+    #[arg(long, default_value_t = 1.0)]
     pub scale: f64,
+    /// A built-in target instead: swissroll, moons, rings or checkerboard (200 points).
+    #[arg(long)]
     pub dataset: Option<String>,
+    /// Samplers, comma-separated, or "all": score-em, score-em-denoise-1e-3,
+    /// score-em-denoise-1e-5, score-ode, prox-hybrid, prox-backward.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
     pub samplers: Vec<String>,
+    /// Step counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "5,7,10,20,30,40")]
     pub steps: Vec<usize>,
+    /// Samples per sampler and step count.
+    #[arg(long, default_value_t = 1000)]
     pub samples: usize,
+    /// Seed of the initial noise and of every step's noise (and of built-in datasets).
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Write the W1/W2 table as CSV here.
+    #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Draw the figure (target, samples at the fewest steps, W2 against steps) as PNG here.
+    #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Write every sampler's samples as CSV files into this directory.
+    #[arg(long)]
     pub save_samples: Option<PathBuf>,
-    pub sde: crate::diffusion::Sde,
+    /// β(0) of the VP SDE's linear schedule.
+    #[arg(long, default_value_t = 0.1)]
+    pub beta_min: f64,
+    /// β(1) of the VP SDE's linear schedule.
+    #[arg(long, default_value_t = 20.0)]
+    pub beta_max: f64,
 }
 
 pub fn run(engine: &Engine, a: &ToyArgs) -> Result<String> {
@@ -61,12 +90,16 @@ pub fn run(engine: &Engine, a: &ToyArgs) -> Result<String> {
             })
             .collect::<Result<_>>()?
     };
-    if !(a.sde.beta_min > 0.0 && a.sde.beta_max > a.sde.beta_min) {
+    let sde = crate::diffusion::Sde {
+        beta_min: a.beta_min,
+        beta_max: a.beta_max,
+    };
+    if !(sde.beta_min > 0.0 && sde.beta_max > sde.beta_min) {
         return Err(Error::Format {
             path: "arguments".into(),
             detail: format!(
                 "need 0 < --beta-min < --beta-max, got {} and {}",
-                a.sde.beta_min, a.sde.beta_max
+                sde.beta_min, sde.beta_max
             ),
         });
     }
