@@ -92,6 +92,19 @@ enum Command {
     /// The paper's 2D oracle experiment: every sampler with the exact score or the oracle prox
     /// of a mixture of Diracs, W1/W2 to the target against the number of steps.
     Toy(proxdm::cli::toy::ToyArgs),
+    /// Time the kernels at the UNet's shapes, the small-preset UNet (forward, training step)
+    /// and sampling; medians after warm-up, in GFLOP/s, GB/s and images/s.
+    Bench {
+        /// Timed runs per benchmark (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Batch of the conv, group-norm, attention and model benchmarks.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write standard Gaussian noise (reproducible for a seed) as float32 .npy.
     Randn {
         /// Shape, comma-separated, e.g. 4,1,32,32.
@@ -164,6 +177,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     batch
                 )?
             );
+        }
+        Command::Bench { reps, batch, json } => {
+            let engine = proxdm::Engine::with_request(&request)?;
+            let rows = proxdm::cli::bench::run(&engine, reps, batch.max(1))?;
+            if json {
+                println!("{}", proxdm::cli::bench::json(&engine, &rows));
+            } else {
+                print!("{}", proxdm::cli::bench::table(&engine, &rows));
+            }
         }
         Command::Toy(args) => {
             let engine = proxdm::Engine::with_request(&request)?;

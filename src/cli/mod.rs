@@ -1,6 +1,7 @@
 //! The `proxdm` subcommands' logic (main.rs only parses arguments).
 
 pub mod apply;
+pub mod bench;
 pub mod info;
 pub mod smoke;
 pub mod toy;
