@@ -66,6 +66,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// An environment variable or option has a value proxdm does not accept.
+    #[error("{0}")]
+    Config(String),
+
     /// A file exists but its content is not what was expected.
     #[error("{path}: {detail}")]
     Format { path: String, detail: String },

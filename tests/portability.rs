@@ -70,9 +70,21 @@ fn every_shader_translates_to_spirv_msl_hlsl_and_glsl() {
             );
         }
 
-        // HLSL (DX12), shader model 5.1 (the FXC path, the strictest).
+        // The subgroup variants run only where the adapter has subgroups: Metal 2.1+, DX12 with
+        // shader model 6.0+ (DXC), desktop GL with GL_KHR_shader_subgroup (wgpu's GL back end
+        // exposes none, so for GL this is a syntax check).
+        let sg = shader.uses_subgroups();
+
+        // HLSL (DX12), shader model 5.1 (the FXC path, the strictest), 6.0 for subgroups.
         let mut hlsl = String::new();
-        let hlsl_opts = naga::back::hlsl::Options::default();
+        let hlsl_opts = naga::back::hlsl::Options {
+            shader_model: if sg {
+                naga::back::hlsl::ShaderModel::V6_0
+            } else {
+                naga::back::hlsl::ShaderModel::V5_1
+            },
+            ..Default::default()
+        };
         let hlsl_pipe = naga::back::hlsl::PipelineOptions::default();
         naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_opts, &hlsl_pipe)
             .write(&module, &info, None)
@@ -82,11 +94,16 @@ fn every_shader_translates_to_spirv_msl_hlsl_and_glsl() {
             "{name}: HLSL has no compute entry"
         );
 
-        // GLSL ES 3.10 (wgpu's GL back end), one entry point at a time.
+        // GLSL ES 3.10 (wgpu's GL back end), one entry point at a time; desktop 4.50 for
+        // the subgroup variants.
         for e in &entries {
             let mut glsl = String::new();
             let opts = naga::back::glsl::Options {
-                version: naga::back::glsl::Version::new_gles(310),
+                version: if sg {
+                    naga::back::glsl::Version::Desktop(450)
+                } else {
+                    naga::back::glsl::Version::new_gles(310)
+                },
                 ..Default::default()
             };
             let pipe = naga::back::glsl::PipelineOptions {

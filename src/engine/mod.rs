@@ -7,6 +7,7 @@
 pub mod adapter;
 pub mod pool;
 pub mod shader;
+pub mod tune;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -15,11 +16,13 @@ use std::time::Duration;
 pub use adapter::{AdapterReport, AdapterRequest};
 pub use pool::PoolStats;
 pub use shader::{Kernel, Shader, SlotKind};
+pub use tune::{TuneMode, Variant};
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use pool::Pool;
 use shader::Pipeline;
+use tune::Tuner;
 
 /// Bytes of the uniform ring that holds kernel params between two submits.
 const UNIFORM_RING_BYTES: u64 = 4 << 20;
@@ -47,6 +50,7 @@ pub(crate) struct Inner {
     uniform_align: u64,
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
+    pub(crate) tuner: Tuner,
 }
 
 /// (shader name, entry point, specialisation defines).
@@ -81,6 +85,7 @@ impl Engine {
     }
 
     fn open(adapter: wgpu::Adapter, report: AdapterReport) -> Result<Engine> {
+        let tune = TuneMode::from_env()?;
         // The adapter's real limits: the 128 MiB default storage binding must not cap us.
         let limits = adapter.limits();
         let features = adapter::wanted_features(adapter.features());
@@ -123,6 +128,7 @@ impl Engine {
             mapped_at_creation: false,
         });
         let uniform_align = (limits.min_uniform_buffer_offset_alignment as u64).max(16);
+        let report_info = report.info.clone();
         Ok(Engine {
             inner: Arc::new(Inner {
                 device,
@@ -142,6 +148,7 @@ impl Engine {
                 uniform_align,
                 errors,
                 lost,
+                tuner: Tuner::new(tune, &report_info),
             }),
         })
     }

@@ -11,31 +11,50 @@ pub const PRELUDE: &str = include_str!("../../shaders/common.wgsl");
 pub struct Shader {
     pub name: &'static str,
     body: &'static str,
+    /// Specialisation constants used when a dispatch gives none (and by the portability test).
+    defaults: &'static str,
     full: OnceLock<String>,
 }
 
 impl Shader {
     pub const fn new(name: &'static str, body: &'static str) -> Self {
+        Shader::with_defaults(name, body, "")
+    }
+
+    /// A shader that needs specialisation constants (`const NAME: TYPE = VALUE;` lines), with
+    /// the values to use when a dispatch gives none.
+    pub const fn with_defaults(
+        name: &'static str,
+        body: &'static str,
+        defaults: &'static str,
+    ) -> Self {
         Shader {
             name,
             body,
+            defaults,
             full: OnceLock::new(),
         }
     }
 
-    /// The source as compiled: prelude then the file's text.
+    /// The source as compiled without specialisation: default constants, prelude, the file.
     pub fn source(&self) -> &str {
         self.full
-            .get_or_init(|| format!("{PRELUDE}\n{}", self.body))
+            .get_or_init(|| format!("{}\n{PRELUDE}\n{}", self.defaults, self.body))
     }
 
-    /// Source with specialisation constants (`const NAME: TYPE = VALUE;` lines) prepended.
+    /// Source with specialisation constants (`const NAME: TYPE = VALUE;` lines) prepended in
+    /// place of the defaults.
     pub fn specialised(&self, defs: &str) -> String {
         if defs.is_empty() {
             self.source().to_string()
         } else {
-            format!("{defs}\n{}", self.source())
+            format!("{defs}\n{PRELUDE}\n{}", self.body)
         }
+    }
+
+    /// Whether the shader uses subgroup operations (runs only where the adapter has them).
+    pub fn uses_subgroups(&self) -> bool {
+        self.body.contains("subgroup")
     }
 }
 

@@ -4,14 +4,82 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::reduce;
-use crate::engine::{Kernel, Shader};
+use crate::engine::tune::size_class;
+use crate::engine::{Kernel, Shader, Variant};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 pub static SHADER: Shader = Shader::new("conv2d", include_str!("../../shaders/conv2d.wgsl"));
-const FORWARD: Kernel = Kernel::new(&SHADER, "forward");
-const BACKWARD_INPUT: Kernel = Kernel::new(&SHADER, "backward_input");
-const BACKWARD_WEIGHT: Kernel = Kernel::new(&SHADER, "backward_weight");
+/// The [`Variant::Sg8`] kernels: same params and bindings, implicit matrix products.
+pub static SHADER_SG8: Shader = Shader::with_defaults(
+    "conv2d_sg",
+    concat!(
+        include_str!("../../shaders/sg_common.wgsl"),
+        include_str!("../../shaders/conv2d_sg.wgsl")
+    ),
+    "const STRIDE: u32 = 1u;",
+);
+
+/// The three passes; each has a portable and a subgroup kernel of the same name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    Forward,
+    InputGrad,
+    WeightGrad,
+}
+
+impl Pass {
+    fn entry(self) -> &'static str {
+        match self {
+            Pass::Forward => "forward",
+            Pass::InputGrad => "backward_input",
+            Pass::WeightGrad => "backward_weight",
+        }
+    }
+}
+
+/// Records `pass` with the tensors in binding order, the variant picked by the engine unless
+/// `variant` fixes it.
+fn launch(variant: Option<Variant>, pass: Pass, p: &Params, tensors: &[&Tensor]) -> Result<()> {
+    let e = tensors[0].engine();
+    let work = (p.n * p.cout * p.cin * p.kh * p.kw * p.ho * p.wo) as usize;
+    let run = |v: Variant| match v {
+        Variant::Portable => {
+            let items = match pass {
+                Pass::Forward => p.n * p.cout.div_ceil(4) * p.ho * p.wo,
+                Pass::InputGrad => p.n * p.cin * p.h * p.w,
+                Pass::WeightGrad => p.cout * p.cin * p.kh * p.kw,
+            };
+            let kernel = Kernel::new(&SHADER, pass.entry());
+            e.dispatch(kernel, p, tensors, e.grid(items as usize, 64))
+        }
+        Variant::Sg8 => {
+            // (columns, rows): 256 columns and 16 rows per workgroup.
+            let (cols, rows) = match pass {
+                Pass::Forward => (p.n * p.ho * p.wo, p.cout),
+                Pass::InputGrad => (p.n * p.h * p.w, p.cin),
+                Pass::WeightGrad => (p.cin * p.kh * p.kw, p.cout),
+            };
+            let defs = format!("const STRIDE: u32 = {}u;", p.stride);
+            let kernel = Kernel::new(&SHADER_SG8, pass.entry());
+            e.dispatch_with(
+                kernel,
+                &defs,
+                p,
+                tensors,
+                [cols.div_ceil(256), rows.div_ceil(16), 1],
+            )
+        }
+    };
+    let v = match variant {
+        Some(v) => v,
+        None => e.pick(
+            &format!("conv2d.{}/{}", pass.entry(), size_class(work)),
+            run,
+        )?,
+    };
+    run(v)
+}
 
 /// Mirrors `Params` in conv2d.wgsl.
 #[repr(C)]
@@ -73,6 +141,18 @@ pub fn conv2d(
     stride: usize,
     pad: usize,
 ) -> Result<Tensor> {
+    conv2d_variant(None, x, weight, bias, stride, pad)
+}
+
+/// [`conv2d`] with the kernel variant fixed (`None`: the engine picks).
+pub fn conv2d_variant(
+    variant: Option<Variant>,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
     let mut p = plan(x.shape(), weight.shape(), stride, pad)?;
     let e = x.engine();
     let b = match bias {
@@ -92,8 +172,7 @@ pub fn conv2d(
         e,
         &[p.n as usize, p.cout as usize, p.ho as usize, p.wo as usize],
     )?;
-    let n = (p.n * p.cout.div_ceil(4) * p.ho * p.wo) as usize;
-    e.dispatch(FORWARD, &p, &[x, weight, b, &y], e.grid(n, 64))?;
+    launch(variant, Pass::Forward, &p, &[x, weight, b, &y])?;
     Ok(y)
 }
 
@@ -116,16 +195,23 @@ pub fn conv2d_input_grad(
     stride: usize,
     pad: usize,
 ) -> Result<Tensor> {
+    conv2d_input_grad_variant(None, dy, weight, x_shape, stride, pad)
+}
+
+/// [`conv2d_input_grad`] with the kernel variant fixed (`None`: the engine picks).
+pub fn conv2d_input_grad_variant(
+    variant: Option<Variant>,
+    dy: &Tensor,
+    weight: &Tensor,
+    x_shape: &[usize],
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
     let p = plan(x_shape, weight.shape(), stride, pad)?;
     check_dy(&p, dy)?;
     let e = dy.engine();
     let dx = Tensor::uninit(e, x_shape)?;
-    e.dispatch(
-        BACKWARD_INPUT,
-        &p,
-        &[weight, dy, &dx],
-        e.grid(dx.numel(), 64),
-    )?;
+    launch(variant, Pass::InputGrad, &p, &[weight, dy, &dx])?;
     Ok(dx)
 }
 
@@ -137,11 +223,23 @@ pub fn conv2d_weight_grad(
     stride: usize,
     pad: usize,
 ) -> Result<Tensor> {
+    conv2d_weight_grad_variant(None, x, dy, w_shape, stride, pad)
+}
+
+/// [`conv2d_weight_grad`] with the kernel variant fixed (`None`: the engine picks).
+pub fn conv2d_weight_grad_variant(
+    variant: Option<Variant>,
+    x: &Tensor,
+    dy: &Tensor,
+    w_shape: &[usize],
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
     let p = plan(x.shape(), w_shape, stride, pad)?;
     check_dy(&p, dy)?;
     let e = x.engine();
     let dw = Tensor::uninit(e, w_shape)?;
-    e.dispatch(BACKWARD_WEIGHT, &p, &[x, dy, &dw], e.grid(dw.numel(), 64))?;
+    launch(variant, Pass::WeightGrad, &p, &[x, dy, &dw])?;
     Ok(dw)
 }
 
@@ -328,6 +426,57 @@ mod tests {
                 1e-5,
                 1e-5,
             );
+        }
+    }
+
+    /// Every kernel variant the adapter runs, against the CPU forward and backward (whose
+    /// gradients are checked by finite differences above), on the small cases and on shapes
+    /// with several 16-channel row blocks and 256-pixel column blocks.
+    #[test]
+    fn conv2d_variants_match_cpu() {
+        let big: [Case; 3] = [
+            (2, 18, 12, 13, 20, 3, 1, 1),
+            (1, 17, 11, 9, 19, 3, 2, 1),
+            (3, 33, 6, 7, 9, 1, 1, 0),
+        ];
+        let e = crate::engine::Engine::shared().unwrap();
+        for (k, &(n, cin, h, w, cout, ks, s, pad)) in CASES.iter().chain(&big).enumerate() {
+            let (xs, ws) = ([n, cin, h, w], [cout, cin, ks, ks]);
+            let x = rounded(&rand_vec(n * cin * h * w, 40 + k as u64, -1.0, 1.0));
+            let wt = rounded(&rand_vec(cout * cin * ks * ks, 50 + k as u64, -1.0, 1.0));
+            let b = rounded(&rand_vec(cout, 60 + k as u64, -1.0, 1.0));
+            let (tx, tw, tb) = (upload(&xs, &x), upload(&ws, &wt), upload(&[cout], &b));
+            let want = cpu::conv2d(&x, xs, &wt, ws, Some(&b), s, pad);
+            let dy = rounded(&rand_vec(want.len(), 70 + k as u64, -1.0, 1.0));
+            let (wdx, wdw, _) = cpu::conv2d_backward(&x, xs, &wt, ws, &dy, s, pad);
+            let dyt = upload(
+                &[n, cout, out_size(h, ks, s, pad), out_size(w, ks, s, pad)],
+                &dy,
+            );
+            for v in e.variants() {
+                let what = format!(
+                    "conv2d [{}] x({n},{cin},{h},{w}) w({cout},{cin},{ks},{ks}) s{s} p{pad}",
+                    v.name()
+                );
+                let y = conv2d_variant(Some(v), &tx, &tw, Some(&tb), s, pad).unwrap();
+                assert_close(&what, &y.to_vec().unwrap(), &want, 1e-4, 1e-5);
+                let dx = conv2d_input_grad_variant(Some(v), &dyt, &tw, &xs, s, pad).unwrap();
+                assert_close(
+                    &format!("{what} dx"),
+                    &dx.to_vec().unwrap(),
+                    &wdx,
+                    1e-4,
+                    1e-5,
+                );
+                let dw = conv2d_weight_grad_variant(Some(v), &tx, &dyt, &ws, s, pad).unwrap();
+                assert_close(
+                    &format!("{what} dw"),
+                    &dw.to_vec().unwrap(),
+                    &wdw,
+                    1e-4,
+                    1e-5,
+                );
+            }
         }
     }
 

@@ -3,12 +3,22 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{elementwise, reduce};
-use crate::engine::{Kernel, Shader};
+use crate::engine::tune::size_class;
+use crate::engine::{Kernel, Shader, Variant};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 pub static SHADER: Shader = Shader::new("matmul", include_str!("../../shaders/matmul.wgsl"));
+/// The [`Variant::Sg8`] kernel: same params and bindings, 16 × 256 outputs per workgroup.
+pub static SHADER_SG8: Shader = Shader::new(
+    "matmul_sg",
+    concat!(
+        include_str!("../../shaders/sg_common.wgsl"),
+        include_str!("../../shaders/matmul_sg.wgsl")
+    ),
+);
 const MAIN: Kernel = Kernel::new(&SHADER, "main");
+const MAIN_SG8: Kernel = Kernel::new(&SHADER_SG8, "main");
 
 /// Mirrors `Params` in matmul.wgsl.
 #[repr(C)]
@@ -43,6 +53,18 @@ fn dims(op: &'static str, t: &Tensor) -> Result<(Option<usize>, usize, usize)> {
 /// C = alpha · op(A) · op(B). A is (M, K) or (batch, M, K) ((K, M) when transposed), B likewise
 /// (K, N); a rank-2 operand is shared by every batch. Output (batch, M, N), or (M, N).
 pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, alpha: f32) -> Result<Tensor> {
+    matmul_variant(None, a, b, trans_a, trans_b, alpha)
+}
+
+/// [`matmul`] with the kernel variant fixed (`None`: the engine picks, see [`crate::engine::Engine::pick`]).
+pub fn matmul_variant(
+    variant: Option<Variant>,
+    a: &Tensor,
+    b: &Tensor,
+    trans_a: bool,
+    trans_b: bool,
+    alpha: f32,
+) -> Result<Tensor> {
     let (ba, ra, ca) = dims("matmul", a)?;
     let (bb, rb, cb) = dims("matmul", b)?;
     let (m, k) = if trans_a { (ca, ra) } else { (ra, ca) };
@@ -86,12 +108,25 @@ pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, alpha: f32) 
     if k == 0 {
         return Tensor::zeros(e, &shape);
     }
-    e.dispatch(
-        MAIN,
-        &p,
-        &[a, b, &c],
-        [n.div_ceil(32) as u32, m.div_ceil(32) as u32, nb as u32],
-    )?;
+    let run = |v: Variant| match v {
+        Variant::Portable => e.dispatch(
+            MAIN,
+            &p,
+            &[a, b, &c],
+            [n.div_ceil(32) as u32, m.div_ceil(32) as u32, nb as u32],
+        ),
+        Variant::Sg8 => e.dispatch(
+            MAIN_SG8,
+            &p,
+            &[a, b, &c],
+            [n.div_ceil(256) as u32, m.div_ceil(16) as u32, nb as u32],
+        ),
+    };
+    let v = match variant {
+        Some(v) => v,
+        None => e.pick(&format!("matmul/{}", size_class(nb * m * n * k)), run)?,
+    };
+    run(v)?;
     Ok(c)
 }
 
@@ -251,6 +286,11 @@ mod tests {
                 let c = matmul(&tag, &tbg, ta, tb, alpha as f32).unwrap();
                 let want = fwd(&a, &b);
                 assert_close(&what, &c.to_vec().unwrap(), &want, 1e-5, 1e-5);
+                for v in tag.engine().variants() {
+                    let c = matmul_variant(Some(v), &tag, &tbg, ta, tb, alpha as f32).unwrap();
+                    let what = format!("{what} [{}]", v.name());
+                    assert_close(&what, &c.to_vec().unwrap(), &want, 1e-5, 1e-5);
+                }
                 // GPU backward vs finite differences of the CPU forward (the matmul backward is
                 // composed of matmuls, so the CPU forward is its reference).
                 let dc = rounded(&rand_vec(want.len(), 200 + ci as u64, -1.0, 1.0));

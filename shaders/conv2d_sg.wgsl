@@ -1,0 +1,214 @@
+// Variant of conv2d.wgsl for 8-lane subgroups (see sg_common.wgsl). Same params and bindings.
+// Each entry is an implicit matrix product: rows are 16 channels per workgroup (one weight or
+// dy value per lane, shared by broadcast), columns are 4 pixels (or weight taps) per lane, and
+// the reduction runs over the third index set. `STRIDE` is a specialisation constant (defs).
+
+struct Params {
+    n: u32, cin: u32, h: u32, w: u32,
+    cout: u32, kh: u32, kw: u32, stride: u32,
+    pad: u32, ho: u32, wo: u32, has_bias: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;        // (N, Cin, H, W)
+@group(0) @binding(2) var<storage, read> weight: array<f32>;   // (Cout, Cin, KH, KW)
+@group(0) @binding(3) var<storage, read> bias: array<f32>;     // (Cout)
+@group(0) @binding(4) var<storage, read> dy: array<f32>;       // (N, Cout, Ho, Wo)
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;  // (N, Cout, Ho, Wo)
+@group(0) @binding(6) var<storage, read_write> dx: array<f32>; // (N, Cin, H, W)
+@group(0) @binding(7) var<storage, read_write> dweight: array<f32>; // (Cout, Cin, KH, KW)
+
+// Indices base + clamp(iy)·width + clamp(ix) of 4 taps, and which of them lie inside.
+struct Taps {
+    idx: vec4<u32>,
+    oky: vec4<bool>,
+    okx: vec4<bool>,
+}
+
+fn taps(base: vec4<u32>, iy: vec4<i32>, ix: vec4<i32>, height: u32, width: u32) -> Taps {
+    // A negative coordinate wraps to a huge unsigned one: one comparison per axis. The axes
+    // stay apart (combined by two selects on load): a vector `&` of bools does not survive
+    // every back end.
+    let oky = vec4<u32>(iy) < vec4<u32>(height);
+    let okx = vec4<u32>(ix) < vec4<u32>(width);
+    let cy = vec4<u32>(clamp(iy, vec4<i32>(0), vec4<i32>(i32(height) - 1)));
+    let cx = vec4<u32>(clamp(ix, vec4<i32>(0), vec4<i32>(i32(width) - 1)));
+    return Taps(base + cy * width + cx, oky, okx);
+}
+
+// x at 4 taps, 0 outside (zero padding).
+fn load_x(t: Taps) -> vec4<f32> {
+    let v = vec4<f32>(x[t.idx.x], x[t.idx.y], x[t.idx.z], x[t.idx.w]);
+    return select(vec4<f32>(0.0), select(vec4<f32>(0.0), v, t.okx), t.oky);
+}
+
+// dy at 4 taps, 0 outside.
+fn load_dy(t: Taps) -> vec4<f32> {
+    let v = vec4<f32>(dy[t.idx.x], dy[t.idx.y], dy[t.idx.z], dy[t.idx.w]);
+    return select(vec4<f32>(0.0), select(vec4<f32>(0.0), v, t.okx), t.oky);
+}
+
+// y[n, co, oy, ox] = b[co] + Σ_{ci,ky,kx} w[co,ci,ky,kx] x[n, ci, oy*s - pad + ky, ox*s - pad + kx]
+@compute @workgroup_size(64)
+fn forward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(subgroup_invocation_id) sl: u32,
+) {
+    let hw = p.ho * p.wo;
+    let npix = p.n * hw;
+    let co0 = wid.y * 16u;
+    let pix0 = (wid.x * 64u + lid.x) * 4u;
+    var xb: vec4<u32>;
+    var yb: vec4<u32>;
+    var iy0: vec4<i32>;
+    var ix0: vec4<i32>;
+    for (var j = 0u; j < 4u; j++) {
+        let q = min(pix0 + j, npix - 1u);
+        let nn = q / hw;
+        let r = q - nn * hw;
+        let oy = r / p.wo;
+        xb[j] = nn * p.cin * p.h * p.w;
+        yb[j] = nn * p.cout * hw + r;
+        iy0[j] = i32(oy * p.stride) - i32(p.pad);
+        ix0[j] = i32((r - oy * p.wo) * p.stride) - i32(p.pad);
+    }
+    let ksz = p.kh * p.kw;
+    let w0 = min(co0 + sl, p.cout - 1u) * p.cin * ksz;
+    let w1 = min(co0 + 8u + sl, p.cout - 1u) * p.cin * ksz;
+    var acc = acc_zero();
+    for (var ci = 0u; ci < p.cin; ci++) {
+        let base = xb + vec4<u32>(ci * p.h * p.w);
+        for (var ky = 0u; ky < p.kh; ky++) {
+            let iy = iy0 + vec4<i32>(i32(ky));
+            for (var kx = 0u; kx < p.kw; kx++) {
+                let xv = load_x(taps(base, iy, ix0 + vec4<i32>(i32(kx)), p.h, p.w));
+                let k = (ci * p.kh + ky) * p.kw + kx;
+                acc_step(&acc, weight[w0 + k], weight[w1 + k], xv);
+            }
+        }
+    }
+    for (var t = 0u; t < 16u; t++) {
+        let co = co0 + t;
+        if (co >= p.cout) { break; }
+        var v = acc_row(&acc, t);
+        if (p.has_bias == 1u) { v += vec4<f32>(bias[co]); }
+        for (var j = 0u; j < 4u; j++) {
+            if (pix0 + j < npix) { y[yb[j] + co * hw] = v[j]; }
+        }
+    }
+}
+
+// t / s where s divides t, else -1 (a tap off the stride grid reads outside and gives 0).
+// t > -(kh + kw), so it is shifted by a multiple of s to divide unsigned (signed vector
+// division needs a helper that not every back end round-trips).
+fn on_grid(t: vec4<i32>, s: i32) -> vec4<i32> {
+    let shift = i32(p.kh + p.kw);
+    let q = vec4<i32>(vec4<u32>(t + vec4<i32>(shift * s)) / vec4<u32>(u32(s))) - vec4<i32>(shift);
+    return select(vec4<i32>(-1), q, q * vec4<i32>(s) == t);
+}
+
+// dx[n, ci, iy, ix] = Σ_{co,ky,kx} dy[n, co, oy, ox] w[co, ci, ky, kx], iy = oy*s - pad + ky
+@compute @workgroup_size(64)
+fn backward_input(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(subgroup_invocation_id) sl: u32,
+) {
+    let hw = p.h * p.w;
+    let npix = p.n * hw;
+    let ohw = p.ho * p.wo;
+    let ci0 = wid.y * 16u;
+    let pix0 = (wid.x * 64u + lid.x) * 4u;
+    var db: vec4<u32>;
+    var xo: vec4<u32>;
+    var ty0: vec4<i32>;
+    var tx0: vec4<i32>;
+    for (var j = 0u; j < 4u; j++) {
+        let q = min(pix0 + j, npix - 1u);
+        let nn = q / hw;
+        let r = q - nn * hw;
+        let iy = r / p.w;
+        db[j] = nn * p.cout * ohw;
+        xo[j] = nn * p.cin * hw + r;
+        ty0[j] = i32(iy + p.pad);
+        tx0[j] = i32(r - iy * p.w + p.pad);
+    }
+    let ksz = p.kh * p.kw;
+    let w0 = min(ci0 + sl, p.cin - 1u) * ksz;
+    let w1 = min(ci0 + 8u + sl, p.cin - 1u) * ksz;
+    let s = i32(STRIDE);
+    var acc = acc_zero();
+    for (var co = 0u; co < p.cout; co++) {
+        let base = db + vec4<u32>(co * ohw);
+        let wco = co * p.cin * ksz;
+        for (var ky = 0u; ky < p.kh; ky++) {
+            let ty = ty0 - vec4<i32>(i32(ky));
+            let oy = on_grid(ty, s);
+            for (var kx = 0u; kx < p.kw; kx++) {
+                let tx = tx0 - vec4<i32>(i32(kx));
+                let ox = on_grid(tx, s);
+                let dv = load_dy(taps(base, oy, ox, p.ho, p.wo));
+                let k = wco + ky * p.kw + kx;
+                acc_step(&acc, weight[w0 + k], weight[w1 + k], dv);
+            }
+        }
+    }
+    for (var t = 0u; t < 16u; t++) {
+        let ci = ci0 + t;
+        if (ci >= p.cin) { break; }
+        let v = acc_row(&acc, t);
+        for (var j = 0u; j < 4u; j++) {
+            if (pix0 + j < npix) { dx[xo[j] + ci * hw] = v[j]; }
+        }
+    }
+}
+
+// dweight[co, ci, ky, kx] = Σ_{n,oy,ox} dy[n, co, oy, ox] x[n, ci, oy*s - pad + ky, ox*s - pad + kx]
+@compute @workgroup_size(64)
+fn backward_weight(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(subgroup_invocation_id) sl: u32,
+) {
+    let ksz = p.kh * p.kw;
+    let ncol = p.cin * ksz;
+    let ohw = p.ho * p.wo;
+    let co0 = wid.y * 16u;
+    let col0 = (wid.x * 64u + lid.x) * 4u;
+    var xc: vec4<u32>;
+    var offy: vec4<i32>;
+    var offx: vec4<i32>;
+    for (var j = 0u; j < 4u; j++) {
+        let q = min(col0 + j, ncol - 1u);
+        let ci = q / ksz;
+        let t = q - ci * ksz;
+        let ky = t / p.kw;
+        xc[j] = ci * p.h * p.w;
+        offy[j] = i32(ky) - i32(p.pad);
+        offx[j] = i32(t - ky * p.kw) - i32(p.pad);
+    }
+    let d0 = min(co0 + sl, p.cout - 1u) * ohw;
+    let d1 = min(co0 + 8u + sl, p.cout - 1u) * ohw;
+    var acc = acc_zero();
+    for (var nn = 0u; nn < p.n; nn++) {
+        let base = xc + vec4<u32>(nn * p.cin * p.h * p.w);
+        let dn = nn * p.cout * ohw;
+        for (var oy = 0u; oy < p.ho; oy++) {
+            let iy = offy + vec4<i32>(i32(oy * p.stride));
+            let drow = dn + oy * p.wo;
+            for (var ox = 0u; ox < p.wo; ox++) {
+                let xv = load_x(taps(base, iy, offx + vec4<i32>(i32(ox * p.stride)), p.h, p.w));
+                acc_step(&acc, dy[drow + d0 + ox], dy[drow + d1 + ox], xv);
+            }
+        }
+    }
+    for (var t = 0u; t < 16u; t++) {
+        let co = co0 + t;
+        if (co >= p.cout) { break; }
+        let v = acc_row(&acc, t);
+        for (var j = 0u; j < 4u; j++) {
+            if (col0 + j < ncol) { dweight[co * ncol + col0 + j] = v[j]; }
+        }
+    }
+}
