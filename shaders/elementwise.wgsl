@@ -102,25 +102,37 @@ fn unary_backward2(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     out[i] = b[i] * unary_d2f(a[i]);
 }
 
-// out = a (op) b with broadcasting; op 0 add, 1 sub, 2 mul
-@compute @workgroup_size(256)
+// out = a (op) b with broadcasting; op 0 add, 1 sub, 2 mul. Axes are merged on the host so
+// the innermost one is long; an invocation covers a run of up to RUN elements of it, with the
+// divisions of the index done once per run. p.n counts runs.
+const RUN: u32 = 32u;
+
+@compute @workgroup_size(64)
 fn binary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg, 256u);
-    if (i >= p.n) { return; }
-    let i3 = i % p.shape.w;
-    let i2 = (i / p.shape.w) % p.shape.z;
-    let i1 = (i / (p.shape.w * p.shape.z)) % p.shape.y;
-    let i0 = i / (p.shape.w * p.shape.z * p.shape.y);
-    let idx = vec4<u32>(i0, i1, i2, i3);
-    let x = a[dot(idx, p.sa)];
-    let y = b[dot(idx, p.sb)];
-    var r: f32;
-    switch p.op {
-        case 0u: { r = x + y; }
-        case 1u: { r = x - y; }
-        default: { r = x * y; }
+    let c = flat_index(gid, nwg, 64u);
+    if (c >= p.n) { return; }
+    let w = p.shape.w;
+    let runs = (w + RUN - 1u) / RUN;
+    let row = c / runs;
+    let j0 = (c - row * runs) * RUN;
+    let i2 = row % p.shape.z;
+    let r = row / p.shape.z;
+    let idx = vec4<u32>(r / p.shape.y, r % p.shape.y, i2, 0u);
+    let ab = dot(idx, p.sa);
+    let bb = dot(idx, p.sb);
+    let ob = row * w;
+    let j1 = min(j0 + RUN, w);
+    for (var j = j0; j < j1; j++) {
+        let x = a[ab + j * p.sa.w];
+        let y = b[bb + j * p.sb.w];
+        var v: f32;
+        switch p.op {
+            case 0u: { v = x + y; }
+            case 1u: { v = x - y; }
+            default: { v = x * y; }
+        }
+        out[ob + j] = v;
     }
-    out[i] = r;
 }
 
 // out = alpha * a + beta * out (in place on out)

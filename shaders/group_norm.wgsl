@@ -21,7 +21,7 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> dgamma: array<f32>; // (C)
 @group(0) @binding(8) var<storage, read_write> dbeta: array<f32>;  // (C)
 
-const WG: u32 = 64u;
+const WG: u32 = 8u;
 var<workgroup> red_a: array<f32, 64>;
 var<workgroup> red_b: array<f32, 64>;
 
@@ -42,7 +42,7 @@ fn wg_sum2(lid: u32, a: f32, b: f32) -> vec2<f32> {
     return r;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(8)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
     let ng = wid.x + wid.y * 65535u;
@@ -63,14 +63,20 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
         stats[2u * ng + 1u] = rstd;
     }
     let g0 = (ng % p.groups) * cpg;
-    for (var i = lid; i < m; i += WG) {
-        let ch = g0 + i / p.hw;
-        y[base + i] = (x[base + i] - mean) * rstd * gamma[ch] + beta[ch];
+    // Channel by channel: no division per element (costly where lanes are SIMD lanes).
+    for (var cc = 0u; cc < cpg; cc++) {
+        let ch = g0 + cc;
+        let scale = rstd * gamma[ch];
+        let shift = beta[ch] - mean * scale;
+        let cb = base + cc * p.hw;
+        for (var q = lid; q < p.hw; q += WG) {
+            y[cb + q] = x[cb + q] * scale + shift;
+        }
     }
 }
 
 // With x̂ = (x - μ) r and ĝ = dy·γ: dx = r (ĝ - mean(ĝ) - x̂ mean(ĝ x̂)) over the group.
-@compute @workgroup_size(64)
+@compute @workgroup_size(8)
 fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
     let ng = wid.x + wid.y * 65535u;
@@ -83,16 +89,23 @@ fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     let rstd = stats[2u * ng + 1u];
     var sa = 0.0;
     var sb = 0.0;
-    for (var i = lid; i < m; i += WG) {
-        let gh = dy[base + i] * gamma[g0 + i / p.hw];
-        sa += gh;
-        sb += gh * (x[base + i] - mean) * rstd;
+    for (var cc = 0u; cc < cpg; cc++) {
+        let gm = gamma[g0 + cc];
+        let cb = base + cc * p.hw;
+        for (var q = lid; q < p.hw; q += WG) {
+            let gh = dy[cb + q] * gm;
+            sa += gh;
+            sb += gh * (x[cb + q] - mean) * rstd;
+        }
     }
     let sums = wg_sum2(lid, sa, sb) / f32(m);
-    for (var i = lid; i < m; i += WG) {
-        let gh = dy[base + i] * gamma[g0 + i / p.hw];
-        let xh = (x[base + i] - mean) * rstd;
-        y[base + i] = rstd * (gh - sums.x - xh * sums.y);
+    for (var cc = 0u; cc < cpg; cc++) {
+        let gm = gamma[g0 + cc];
+        let cb = base + cc * p.hw;
+        for (var q = lid; q < p.hw; q += WG) {
+            let xh = (x[cb + q] - mean) * rstd;
+            y[cb + q] = rstd * (dy[cb + q] * gm - sums.x - xh * sums.y);
+        }
     }
 }
 

@@ -19,11 +19,8 @@ struct Params {
 @group(0) @binding(5) var<storage, read> src: array<f32>;           // (n) EMA source (live weights)
 @group(0) @binding(6) var<storage, read_write> ema: array<f32>;     // (n) EMA weights
 
-// θ ← θ - lr (m̂ / (√v̂ + ε) + wd θ)
-@compute @workgroup_size(256)
-fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg, 256u);
-    if (i >= p.n) { return; }
+// Updates the moments of element i and returns the new θ = θ - lr (m̂ / (√v̂ + ε) + wd θ).
+fn adamw_at(i: u32) -> f32 {
     let g = grad[i];
     let mi = p.beta1 * m[i] + (1.0 - p.beta1) * g;
     let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
@@ -33,7 +30,24 @@ fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     let mh = mi / (1.0 - pow(p.beta1, t));
     let vh = vi / (1.0 - pow(p.beta2, t));
     let w = param[i];
-    param[i] = w - p.lr * (mh / (sqrt(vh) + p.eps) + p.weight_decay * w);
+    return w - p.lr * (mh / (sqrt(vh) + p.eps) + p.weight_decay * w);
+}
+
+@compute @workgroup_size(256)
+fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg, 256u);
+    if (i >= p.n) { return; }
+    param[i] = adamw_at(i);
+}
+
+// AdamW then the EMA of the new weights, in one pass: e ← d e + (1 - d) θ.
+@compute @workgroup_size(256)
+fn adamw_ema(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg, 256u);
+    if (i >= p.n) { return; }
+    let w = adamw_at(i);
+    param[i] = w;
+    ema[i] = p.decay * ema[i] + (1.0 - p.decay) * w;
 }
 
 // e ← d e + (1 - d) θ

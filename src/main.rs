@@ -104,6 +104,10 @@ enum Command {
         /// Print JSON instead of the table.
         #[arg(long)]
         json: bool,
+        /// Instead of the table: time every kernel of one small-preset forward and training
+        /// step, each dispatch alone between device syncs, and print where the time goes.
+        #[arg(long, conflicts_with = "json")]
+        profile: bool,
     },
     /// Write standard Gaussian noise (reproducible for a seed) as float32 .npy.
     Randn {
@@ -178,8 +182,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 )?
             );
         }
-        Command::Bench { reps, batch, json } => {
+        Command::Bench {
+            reps,
+            batch,
+            json,
+            profile,
+        } => {
             let engine = proxdm::Engine::with_request(&request)?;
+            if profile {
+                print!("{}", proxdm::cli::bench::profile(&engine, batch.max(1))?);
+                return Ok(());
+            }
             let rows = proxdm::cli::bench::run(&engine, reps, batch.max(1))?;
             if json {
                 println!("{}", proxdm::cli::bench::json(&engine, &rows));

@@ -166,29 +166,8 @@ pub fn run(e: &Engine, reps: usize, batch: usize) -> Result<Vec<Row>> {
     );
 
     // The small preset: forward, a training step, sampling at 10 steps.
-    let cfg = ModelConfig {
-        kind: ModelKind::Prox,
-        unet: UNetConfig::default(),
-        sde: Default::default(),
-    };
-    let (model, pb) = Model::build(&cfg, 0)?;
-    let store = pb.finish(e)?;
-    let x = randn(e, &[batch, 1, 32, 32], 11)?;
-    let tl = Tensor::full(e, &[batch], 0.5)?;
-    let ll = Tensor::full(e, &[batch], 0.05)?;
-    let s = time(e, reps, || {
-        let g = Graph::inference(e);
-        let p = store.vars(&g);
-        model
-            .eps(
-                &Gpu::inference(&g),
-                &p,
-                &g.constant(x.clone()),
-                &g.constant(tl.clone()),
-                Some(&g.constant(ll.clone())),
-            )
-            .map(drop)
-    })?;
+    let mb = ModelBench::new(e, batch)?;
+    let s = time(e, reps, || mb.forward())?;
     push(
         format!("UNet small preset forward, batch {batch}"),
         s,
@@ -196,26 +175,8 @@ pub fn run(e: &Engine, reps: usize, batch: usize) -> Result<Vec<Row>> {
         None,
         Some((batch as f64, "images")),
     );
-    let mut opt = Optimizer::new(&store, AdamW::default(), Some(0.9999))?;
-    let s = time(e, reps, || {
-        let g = Graph::new(e);
-        let p = store.vars(&g);
-        let be = Gpu {
-            graph: &g,
-            dropout_seed: Some(1),
-        };
-        let out = model.eps(
-            &be,
-            &p,
-            &g.constant(x.clone()),
-            &g.constant(tl.clone()),
-            Some(&g.constant(ll.clone())),
-        )?;
-        let l = g.loss(Loss::L1, &out, &g.constant(x.clone()))?;
-        let refs: Vec<_> = p.iter().collect();
-        let grads = g.backward(&l, &refs, false)?;
-        opt.update(&store, &grads)
-    })?;
+    let mut opt = Optimizer::new(&mb.store, AdamW::default(), Some(0.9999))?;
+    let s = time(e, reps, || mb.train_step(&mut opt))?;
     push(
         format!("UNet small preset training step, batch {batch}"),
         s,
@@ -223,9 +184,10 @@ pub fn run(e: &Engine, reps: usize, batch: usize) -> Result<Vec<Row>> {
         None,
         Some((batch as f64, "images")),
     );
+    let (model, store, cfg) = (&mb.model, &mb.store, &mb.cfg);
     let net = Network {
-        model: &model,
-        params: &store,
+        model,
+        params: store,
     };
     let sde = cfg.sde;
     let s = time(e, reps.min(3), || {
@@ -240,6 +202,114 @@ pub fn run(e: &Engine, reps: usize, batch: usize) -> Result<Vec<Row>> {
         Some((batch as f64, "images")),
     );
     Ok(rows)
+}
+
+/// The small prox preset with a batch of inputs, for the model benchmarks and the profile.
+struct ModelBench {
+    cfg: ModelConfig,
+    model: Model,
+    store: crate::graph::ParamStore,
+    x: Tensor,
+    t: Tensor,
+    lambda: Tensor,
+}
+
+impl ModelBench {
+    fn new(e: &Engine, batch: usize) -> Result<ModelBench> {
+        let cfg = ModelConfig {
+            kind: ModelKind::Prox,
+            unet: UNetConfig::default(),
+            sde: Default::default(),
+        };
+        let (model, pb) = Model::build(&cfg, 0)?;
+        Ok(ModelBench {
+            store: pb.finish(e)?,
+            cfg,
+            model,
+            x: randn(e, &[batch, 1, 32, 32], 11)?,
+            t: Tensor::full(e, &[batch], 0.5)?,
+            lambda: Tensor::full(e, &[batch], 0.05)?,
+        })
+    }
+
+    fn forward(&self) -> Result<()> {
+        let e = self.x.engine();
+        let g = Graph::inference(e);
+        let p = self.store.vars(&g);
+        self.model
+            .eps(
+                &Gpu::inference(&g),
+                &p,
+                &g.constant(self.x.clone()),
+                &g.constant(self.t.clone()),
+                Some(&g.constant(self.lambda.clone())),
+            )
+            .map(drop)
+    }
+
+    fn train_step(&self, opt: &mut Optimizer) -> Result<()> {
+        let g = Graph::new(self.x.engine());
+        let p = self.store.vars(&g);
+        let be = Gpu {
+            graph: &g,
+            dropout_seed: Some(1),
+        };
+        let out = self.model.eps(
+            &be,
+            &p,
+            &g.constant(self.x.clone()),
+            &g.constant(self.t.clone()),
+            Some(&g.constant(self.lambda.clone())),
+        )?;
+        let l = g.loss(Loss::L1, &out, &g.constant(self.x.clone()))?;
+        let refs: Vec<_> = p.iter().collect();
+        let grads = g.backward(&l, &refs, false)?;
+        opt.update(&self.store, &grads)
+    }
+}
+
+/// Where a small-preset forward and training step spend their time, per kernel: each dispatch
+/// run alone between two device syncs (so the total exceeds the pipelined step time).
+pub fn profile(e: &Engine, batch: usize) -> Result<String> {
+    let mb = ModelBench::new(e, batch)?;
+    let mut opt = Optimizer::new(&mb.store, AdamW::default(), Some(0.9999))?;
+    let mut out = String::new();
+    for (what, train) in [("forward", false), ("training step", true)] {
+        let mut step = || {
+            if train {
+                mb.train_step(&mut opt)
+            } else {
+                mb.forward()
+            }
+        };
+        step()?;
+        e.sync()?;
+        e.set_profiling(true);
+        step()?;
+        e.sync()?;
+        let prof = e.profile();
+        e.set_profiling(false);
+        let total: f64 = prof.iter().map(|r| r.2).sum();
+        let _ = writeln!(
+            out,
+            "\nUNet small preset {what}, batch {batch}: {:.1} ms in {} dispatches\n{:<44} {:>6} {:>10} {:>6}",
+            total * 1e3,
+            prof.iter().map(|r| r.1).sum::<u64>(),
+            "kernel",
+            "calls",
+            "ms",
+            "%"
+        );
+        for (k, n, t) in prof {
+            let _ = writeln!(
+                out,
+                "{k:<44} {n:>6} {:>10.2} {:>6.1}",
+                t * 1e3,
+                100.0 * t / total
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// The human-readable table.

@@ -9,7 +9,7 @@ pub mod pool;
 pub mod shader;
 pub mod tune;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -51,6 +51,8 @@ pub(crate) struct Inner {
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
     pub(crate) tuner: Tuner,
+    /// Per-kernel (dispatches, seconds) when profiling (see [`Engine::set_profiling`]).
+    profile: Mutex<Option<BTreeMap<String, (u64, f64)>>>,
 }
 
 /// (shader name, entry point, specialisation defines).
@@ -149,6 +151,7 @@ impl Engine {
                 errors,
                 lost,
                 tuner: Tuner::new(tune, &report_info),
+                profile: Mutex::new(None),
             }),
         })
     }
@@ -259,8 +262,53 @@ impl Engine {
         self.dispatch_with(kernel, "", params, tensors, groups)
     }
 
+    /// Starts (or stops and clears) profiling: every dispatch then runs alone, the device
+    /// synchronised before and after it, and its time is added to its kernel's total. Slow;
+    /// for finding where a step's time goes (`proxdm bench --profile`).
+    pub fn set_profiling(&self, on: bool) {
+        *lock(&self.inner.profile) = on.then(BTreeMap::new);
+    }
+
+    /// Per kernel ("shader::entry"): dispatches and seconds since profiling started, slowest
+    /// first.
+    pub fn profile(&self) -> Vec<(String, u64, f64)> {
+        let mut v: Vec<_> = lock(&self.inner.profile)
+            .iter()
+            .flatten()
+            .map(|(k, &(n, t))| (k.clone(), n, t))
+            .collect();
+        v.sort_by(|a, b| b.2.total_cmp(&a.2));
+        v
+    }
+
     /// [`Engine::dispatch`] with specialisation constants prepended to the shader.
     pub fn dispatch_with<P: bytemuck::Pod>(
+        &self,
+        kernel: Kernel,
+        defs: &str,
+        params: &P,
+        tensors: &[&Tensor],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        if lock(&self.inner.profile).is_none() {
+            return self.record_dispatch(kernel, defs, params, tensors, groups);
+        }
+        self.sync()?;
+        let start = std::time::Instant::now();
+        self.record_dispatch(kernel, defs, params, tensors, groups)?;
+        self.sync()?;
+        let secs = start.elapsed().as_secs_f64();
+        if let Some(map) = lock(&self.inner.profile).as_mut() {
+            let e = map
+                .entry(format!("{}::{}", kernel.shader.name, kernel.entry))
+                .or_default();
+            e.0 += 1;
+            e.1 += secs;
+        }
+        Ok(())
+    }
+
+    fn record_dispatch<P: bytemuck::Pod>(
         &self,
         kernel: Kernel,
         defs: &str,

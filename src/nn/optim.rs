@@ -58,13 +58,20 @@ impl Optimizer {
         }
         self.step += 1;
         for (i, (p, g)) in store.tensors().iter().zip(grads).enumerate() {
-            if let Some(g) = g {
-                optim::adamw_step(&self.cfg, self.step, p, g.tensor(), &self.m[i], &self.v[i])?;
-            }
-        }
-        if let Some((decay, ema)) = &self.ema {
-            for (e, p) in ema.iter().zip(store.tensors()) {
-                optim::ema_update(*decay, e, p)?;
+            let ema = self.ema.as_ref().map(|(d, e)| (*d, &e[i]));
+            match (g, ema) {
+                // One pass: the step, then the EMA of the new weights.
+                (Some(g), ema) => optim::adamw_step(
+                    &self.cfg,
+                    self.step,
+                    p,
+                    g.tensor(),
+                    &self.m[i],
+                    &self.v[i],
+                    ema,
+                )?,
+                (None, Some((decay, e))) => optim::ema_update(decay, e, p)?,
+                (None, None) => {}
             }
         }
         Ok(())

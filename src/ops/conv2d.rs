@@ -54,14 +54,22 @@ fn launch(variant: Option<Variant>, pass: Pass, p: &Params, tensors: &[&Tensor])
             e.dispatch(kernel, p, tensors, e.grid(items as usize, 64))
         }
         Variant::Sg8 => {
-            // (columns, rows): 256 columns and 16 rows per workgroup.
+            // (columns, rows): 256 columns (64 for the weight gradient) and 16 rows per
+            // workgroup.
             let (cols, rows) = match pass {
                 Pass::Forward => (p.n * p.ho * p.wo, p.cout),
                 Pass::InputGrad => (p.n * p.h * p.w, p.cin),
-                Pass::WeightGrad => (p.cin * p.kh * p.kw, p.cout),
+                Pass::WeightGrad => ((p.cin * p.kh * p.kw).div_ceil(64) * 256, p.cout),
             };
             let defs = format!("const STRIDE: u32 = {}u;", p.stride);
-            let kernel = Kernel::new(&SHADER_SG8, pass.entry());
+            // 3x3 stride 1 with rows of whole 4-pixel groups: the sliding-window kernel.
+            let k3s1 = p.kh == 3 && p.kw == 3 && p.stride == 1;
+            let entry = match pass {
+                Pass::Forward if k3s1 && p.wo.is_multiple_of(4) => "forward3",
+                Pass::InputGrad if k3s1 && p.w.is_multiple_of(4) => "backward_input3",
+                _ => pass.entry(),
+            };
+            let kernel = Kernel::new(&SHADER_SG8, entry);
             e.dispatch_with(
                 kernel,
                 &defs,
@@ -434,8 +442,11 @@ mod tests {
     /// with several 16-channel row blocks and 256-pixel column blocks.
     #[test]
     fn conv2d_variants_match_cpu() {
-        let big: [Case; 3] = [
+        let big: [Case; 5] = [
             (2, 18, 12, 13, 20, 3, 1, 1),
+            // Wo a multiple of 4: the sliding-window 3x3 kernels.
+            (2, 18, 6, 8, 20, 3, 1, 1),
+            (1, 5, 6, 10, 17, 3, 1, 0),
             (1, 17, 11, 9, 19, 3, 2, 1),
             (3, 33, 6, 7, 9, 1, 1, 0),
         ];

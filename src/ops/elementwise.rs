@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{pad4, reduce, strides4, u32x4};
+use super::{coalesce, pad4, reduce, strides4, u32x4};
 use crate::engine::{Kernel, Shader};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -182,12 +182,13 @@ pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec
 }
 
 /// Strides of `s` read through the broadcast output shape `out` (0 on broadcast axes).
-fn broadcast_strides(s: [usize; 4], out: [usize; 4]) -> [u32; 4] {
+fn broadcast_strides(s: [usize; 4], out: [usize; 4]) -> [usize; 4] {
     let st = strides4(s);
-    u32x4(std::array::from_fn(|i| {
-        if s[i] == 1 && out[i] != 1 { 0 } else { st[i] }
-    }))
+    std::array::from_fn(|i| if s[i] == 1 && out[i] != 1 { 0 } else { st[i] })
 }
+
+/// Elements of the innermost merged axis one invocation of `binary` covers (RUN in the WGSL).
+const BINARY_RUN: usize = 32;
 
 /// c = a (op) b with broadcasting.
 pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
@@ -200,15 +201,19 @@ pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
     let out4 = pad4(name, &shape)?;
     let e = a.engine();
     let c = Tensor::uninit(e, &shape)?;
+    let sa = broadcast_strides(pad4(name, a.shape())?, out4);
+    let sb = broadcast_strides(pad4(name, b.shape())?, out4);
+    let (shape4, [sa, sb]) = coalesce(out4, [sa, sb]);
+    let runs = shape4[0] * shape4[1] * shape4[2] * shape4[3].div_ceil(BINARY_RUN);
     let p = Params {
-        n: c.numel() as u32,
+        n: runs as u32,
         op: op as u32,
-        shape: u32x4(out4),
-        sa: broadcast_strides(pad4(name, a.shape())?, out4),
-        sb: broadcast_strides(pad4(name, b.shape())?, out4),
+        shape: u32x4(shape4),
+        sa: u32x4(sa),
+        sb: u32x4(sb),
         ..Default::default()
     };
-    e.dispatch(BINARY, &p, &[a, b, &c], e.grid(c.numel(), 256))?;
+    e.dispatch(BINARY, &p, &[a, b, &c], e.grid(runs, 64))?;
     Ok(c)
 }
 
@@ -523,12 +528,13 @@ mod tests {
 
     #[test]
     fn broadcast_binary_matches_cpu_with_gradients() {
-        let cases: [(&[usize], &[usize]); 5] = [
+        let cases: [(&[usize], &[usize]); 6] = [
             (&[2, 3, 5, 7], &[3, 1, 1]),    // per-channel bias
             (&[2, 3, 5, 7], &[2, 3, 1, 1]), // per-sample embedding
             (&[1, 1, 3, 70], &[1, 1, 3, 70]),
             (&[4, 1, 9], &[5, 1]), // both sides broadcast
             (&[7], &[1]),
+            (&[3, 100], &[3, 1]), // runs longer than one invocation's, b fixed along them
         ];
         for (k, (sa, sb)) in cases.iter().enumerate() {
             let (pa, pb) = (pad4("t", sa).unwrap(), pad4("t", sb).unwrap());

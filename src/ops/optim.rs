@@ -10,6 +10,7 @@ use crate::tensor::Tensor;
 
 pub static SHADER: Shader = Shader::new("optim", include_str!("../../shaders/optim.wgsl"));
 const ADAMW: Kernel = Kernel::new(&SHADER, "adamw");
+const ADAMW_EMA: Kernel = Kernel::new(&SHADER, "adamw_ema");
 const EMA: Kernel = Kernel::new(&SHADER, "ema_update");
 
 /// Mirrors `Params` in optim.wgsl.
@@ -49,6 +50,9 @@ impl Default for AdamW {
 }
 
 /// One AdamW step (1-based `step`) updating `param`, `m` and `v` in place.
+///
+/// With `ema = Some((decay, e))` the EMA of the updated weights is taken in the same pass
+/// (e ← decay·e + (1 - decay)·θ), as [`ema_update`] after the step would.
 pub fn adamw_step(
     cfg: &AdamW,
     step: u32,
@@ -56,6 +60,7 @@ pub fn adamw_step(
     grad: &Tensor,
     m: &Tensor,
     v: &Tensor,
+    ema: Option<(f32, &Tensor)>,
 ) -> Result<()> {
     for (name, t) in [("grad", grad), ("m", m), ("v", v)] {
         same_shape(
@@ -76,10 +81,17 @@ pub fn adamw_step(
         beta2: cfg.beta2,
         eps: cfg.eps,
         weight_decay: cfg.weight_decay,
-        decay: 0.0,
+        decay: ema.map_or(0.0, |(d, _)| d),
     };
     let e = param.engine();
-    e.dispatch(ADAMW, &p, &[grad, param, m, v], e.grid(param.numel(), 256))
+    let groups = e.grid(param.numel(), 256);
+    match ema {
+        None => e.dispatch(ADAMW, &p, &[grad, param, m, v], groups),
+        Some((_, avg)) => {
+            same_shape("adamw (param, ema)", param, avg)?;
+            e.dispatch(ADAMW_EMA, &p, &[grad, param, m, v, avg], groups)
+        }
+    }
 }
 
 /// ema ← decay·ema + (1 - decay)·param.
@@ -140,15 +152,26 @@ mod tests {
         );
         let tema = upload(&[n], &p);
         let mut ema = p.clone();
+        // The same steps again with the EMA fused into the AdamW pass.
+        let (fp, fm, fv, fema) = (
+            upload(&[n], &p),
+            Tensor::zeros(&e, &[n]).unwrap(),
+            Tensor::zeros(&e, &[n]).unwrap(),
+            upload(&[n], &p),
+        );
         for step in 1..=5u32 {
             let g = rounded(&rand_vec(n, 10 + step as u64, -1.0, 1.0));
-            adamw_step(&cfg, step, &tp, &upload(&[n], &g), &tm, &tv).unwrap();
+            let tg = upload(&[n], &g);
+            adamw_step(&cfg, step, &tp, &tg, &tm, &tv, None).unwrap();
+            adamw_step(&cfg, step, &fp, &tg, &fm, &fv, Some((0.9, &fema))).unwrap();
             cpu::adamw_step(&cfg, step, &mut p, &g, &mut m, &mut v);
             ema_update(0.9, &tema, &tp).unwrap();
             ema.iter_mut()
                 .zip(&p)
                 .for_each(|(e, p)| *e = 0.9 * *e + 0.1 * p);
         }
+        assert_close("fused param", &fp.to_vec().unwrap(), &p, 1e-5, 1e-5);
+        assert_close("fused ema", &fema.to_vec().unwrap(), &ema, 1e-5, 1e-6);
         // Steps are ~lr = 1e-2; f32 rounding of m̂/√v̂ bounds the error at ~1e-3 of a step.
         assert_close("adamw param", &tp.to_vec().unwrap(), &p, 1e-5, 1e-5);
         assert_close("adamw m", &tm.to_vec().unwrap(), &m, 1e-5, 1e-7);

@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{pad4, strides4, u32x4};
+use super::{coalesce, pad4, strides4, u32x4};
 use crate::engine::{Kernel, Shader};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -23,6 +23,18 @@ struct Params {
     strides: [u32; 4], // input element strides
     red: [u32; 4],     // extent of each reduced axis (1 if kept)
     kept: [u32; 4],    // output shape (1 on reduced axes)
+    // forward's walk (see reduce.wgsl)
+    ki: u32,
+    ko: u32,
+    kis: u32,
+    parts: u32,
+    ri: u32,
+    so: u32,
+    si: u32,
+    per_part: u32,
+    square: u32,
+    finish: u32,
+    _pad: [u32; 2],
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +78,7 @@ fn plan(
             strides: u32x4(strides4(s)),
             red: u32x4(red),
             kept: u32x4(kept),
+            ..Default::default()
         },
         out_shape,
     ))
@@ -73,10 +86,76 @@ fn plan(
 
 /// Reduces `x` over `axes`; reduced axes stay with extent 1.
 pub fn reduce(x: &Tensor, axes: &[usize], op: ReduceOp) -> Result<Tensor> {
-    let (p, out_shape) = plan("reduce", x.shape(), axes, op)?;
+    let (mut p, out_shape) = plan("reduce", x.shape(), axes, op)?;
     let e = x.engine();
     let y = Tensor::uninit(e, &out_shape)?;
-    e.dispatch(FORWARD, &p, &[x, &y], e.grid(p.n as usize, 64))?;
+    // Merge runs of kept and of reduced axes: the output strides (0 on reduced axes) keep the
+    // two kinds apart, so at most two of each remain, alternating.
+    let shape = p.red.map(|r| r as usize);
+    let shape: [usize; 4] = std::array::from_fn(|i| shape[i] * p.kept[i] as usize);
+    let ostr = strides4(p.kept.map(|k| k as usize));
+    let ostr: [usize; 4] = std::array::from_fn(|i| if p.red[i] > 1 { 0 } else { ostr[i] });
+    let (dims, [istr, ostr]) = coalesce(shape, [strides4(shape), ostr]);
+    let (mut kept, mut red) = (vec![], vec![]);
+    for d in 0..4 {
+        if dims[d] > 1 {
+            if ostr[d] == 0 { &mut red } else { &mut kept }.push((dims[d], istr[d]));
+        }
+    }
+    let pair = |v: &[(usize, usize)]| match *v {
+        [] => ((0, 0), (1, 0)),
+        [inner] => ((1, 0), inner),
+        [outer, inner] => (outer, inner),
+        _ => unreachable!("alternating axes leave at most two of a kind"),
+    };
+    let ((_, ko), (ki, kis)) = pair(&kept);
+    let ((_, so), (ri, si)) = pair(&red);
+    let count = p.count as usize;
+    let n = p.n as usize;
+    // Few outputs with long reductions: split each into parts summed by a second pass.
+    let parts = if count >= 1024 && n < 4096 {
+        (4096 / n).min(count / 256).clamp(1, 1024)
+    } else {
+        1
+    };
+    let per_part = count.div_ceil(parts);
+    let parts = count.div_ceil(per_part.max(1)).max(1);
+    let square = (op == ReduceOp::SumSq || op == ReduceOp::Norm) as u32;
+    let finish = match op {
+        ReduceOp::Sum | ReduceOp::SumSq => 0,
+        ReduceOp::Mean => 1,
+        ReduceOp::Norm => 2,
+    };
+    p.ki = ki as u32;
+    p.ko = ko as u32;
+    p.kis = kis as u32;
+    p.ri = ri as u32;
+    p.so = so as u32;
+    p.si = si as u32;
+    p.square = square;
+    p.parts = parts as u32;
+    p.per_part = per_part as u32;
+    if parts == 1 {
+        p.finish = finish;
+        e.dispatch(FORWARD, &p, &[x, &y], e.grid(n, 64))?;
+        return Ok(y);
+    }
+    let partial = Tensor::uninit(e, &[n * parts])?;
+    e.dispatch(FORWARD, &p, &[x, &partial], e.grid(n * parts, 64))?;
+    let p2 = Params {
+        n: n as u32,
+        count: parts as u32,
+        scale: p.scale,
+        ki: n as u32,
+        kis: parts as u32,
+        parts: 1,
+        ri: parts as u32,
+        si: 1,
+        per_part: parts as u32,
+        finish,
+        ..Default::default()
+    };
+    e.dispatch(FORWARD, &p2, &[&partial, &y], e.grid(n, 64))?;
     Ok(y)
 }
 
@@ -270,13 +349,17 @@ mod tests {
 
     #[test]
     fn reductions_match_cpu_and_finite_differences() {
-        let cases: [(&[usize], &[usize]); 6] = [
+        let cases: [(&[usize], &[usize]); 9] = [
             (&[3, 5, 7, 9], &[0, 2, 3]), // bias gradient shape: over N, H, W
             (&[3, 5, 7, 9], &[1, 2, 3]), // per sample
             (&[1, 4, 33], &[2]),         // per row
             (&[2, 3, 5, 7], &[0, 1, 2, 3]),
             (&[6, 1, 5], &[0]),
             (&[4000], &[0]), // long
+            // Long reductions into few outputs: split into parts summed by a second pass.
+            (&[6, 20, 16, 16], &[0, 2, 3]),
+            (&[5, 3, 7, 90], &[0, 2, 3]),
+            (&[2, 3, 1500], &[1, 2]),
         ];
         for (k, (shape, axes)) in cases.iter().enumerate() {
             let s4 = pad4("t", shape).unwrap();
