@@ -176,6 +176,96 @@ fn forward3(
     }
 }
 
+// 1x1, stride 1, no padding, H·W a multiple of 4 (a matrix product per sample): the 4 pixels
+// of a lane are neighbours in one plane, read without bounds checks.
+struct Pointwise {
+    src: u32,   // first of the lane's 4 pixels in the reduced operand's sample
+    dst: u32,   // the same in the output's sample
+    wa: u32,    // weight offsets of the lane's two rows
+    wb: u32,
+    wk: u32,    // weight stride along the reduced channels
+    valid: bool,
+}
+
+// rows: output channels; red: reduced channels; `transposed` reads the weight (Cout, Cin) as
+// (Cin, Cout) (the input gradient).
+fn pointwise(wid: vec3<u32>, lid: vec3<u32>, sl: u32, rows: u32, red: u32, transposed: bool) -> Pointwise {
+    let hw = p.h * p.w;
+    let npix = p.n * hw;
+    let pix0 = (wid.x * 64u + lid.x) * 4u;
+    let q = min(pix0, npix - 4u);
+    let nn = q / hw;
+    let r = q - nn * hw;
+    let wr = select(p.cin, 1u, transposed);
+    let ra = min(wid.y * 16u + sl, rows - 1u);
+    let rb = min(wid.y * 16u + 8u + sl, rows - 1u);
+    return Pointwise(
+        nn * red * hw + r,
+        nn * rows * hw + r,
+        ra * wr,
+        rb * wr,
+        select(1u, p.cin, transposed),
+        pix0 < npix,
+    );
+}
+
+// `forward` for 1x1 stride 1.
+@compute @workgroup_size(64)
+fn forward1(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(subgroup_invocation_id) sl: u32,
+) {
+    let hw = p.h * p.w;
+    let pw = pointwise(wid, lid, sl, p.cout, p.cin, false);
+    var acc = acc_zero();
+    for (var k = 0u; k < p.cin; k++) {
+        let o = pw.src + k * hw;
+        let v = vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
+        acc_step(&acc, weight[pw.wa + k * pw.wk], weight[pw.wb + k * pw.wk], v);
+    }
+    if (!pw.valid) { return; }
+    for (var t = 0u; t < 16u; t++) {
+        let c = wid.y * 16u + t;
+        if (c >= p.cout) { break; }
+        var v = acc_row(&acc, t);
+        if (p.has_bias == 1u) { v += vec4<f32>(bias[c]); }
+        let o = pw.dst + c * hw;
+        y[o] = v.x;
+        y[o + 1u] = v.y;
+        y[o + 2u] = v.z;
+        y[o + 3u] = v.w;
+    }
+}
+
+// `backward_input` for 1x1 stride 1.
+@compute @workgroup_size(64)
+fn backward_input1(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(subgroup_invocation_id) sl: u32,
+) {
+    let hw = p.h * p.w;
+    let pw = pointwise(wid, lid, sl, p.cin, p.cout, true);
+    var acc = acc_zero();
+    for (var k = 0u; k < p.cout; k++) {
+        let o = pw.src + k * hw;
+        let v = vec4<f32>(dy[o], dy[o + 1u], dy[o + 2u], dy[o + 3u]);
+        acc_step(&acc, weight[pw.wa + k * pw.wk], weight[pw.wb + k * pw.wk], v);
+    }
+    if (!pw.valid) { return; }
+    for (var t = 0u; t < 16u; t++) {
+        let c = wid.y * 16u + t;
+        if (c >= p.cin) { break; }
+        let v = acc_row(&acc, t);
+        let o = pw.dst + c * hw;
+        dx[o] = v.x;
+        dx[o + 1u] = v.y;
+        dx[o + 2u] = v.z;
+        dx[o + 3u] = v.w;
+    }
+}
+
 // dx[n, ci, iy, ix] = Σ_{co,ky,kx} dy[n, co, oy, ox] w[co, ci, ky, kx], iy = oy*s - pad + ky
 @compute @workgroup_size(64)
 fn backward_input(

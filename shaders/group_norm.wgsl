@@ -1,4 +1,6 @@
-// Group normalisation over (C/G channels x H*W) per sample and group, with affine gamma/beta.
+// Group normalisation over (C/G channels x H*W) per sample and group, with affine gamma/beta,
+// optionally followed by SiLU in the same pass (p.silu = 1: y = v·σ(v) with v the normalised
+// value; the backward recomputes v and applies SiLU's derivative to dy first).
 // One workgroup of 64 invocations per (n, g) for statistics and dx; one invocation per
 // channel for dgamma/dbeta.
 
@@ -8,7 +10,8 @@ struct Params {
     hw: u32,
     groups: u32,
     eps: f32,
-    _pad0: u32, _pad1: u32, _pad2: u32,
+    silu: u32,
+    _pad1: u32, _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -24,6 +27,20 @@ struct Params {
 const WG: u32 = 8u;
 var<workgroup> red_a: array<f32, 64>;
 var<workgroup> red_b: array<f32, 64>;
+
+fn act(v: f32) -> f32 {
+    if (p.silu == 1u) { return v / (1.0 + exp(-v)); }
+    return v;
+}
+
+// dy through the activation at pre-activation v.
+fn act_back(dy: f32, v: f32) -> f32 {
+    if (p.silu == 1u) {
+        let s = 1.0 / (1.0 + exp(-v));
+        return dy * s * (1.0 + v * (1.0 - s));
+    }
+    return dy;
+}
 
 // Tree sum of (a, b) over the workgroup; every invocation gets the totals.
 fn wg_sum2(lid: u32, a: f32, b: f32) -> vec2<f32> {
@@ -70,7 +87,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
         let shift = beta[ch] - mean * scale;
         let cb = base + cc * p.hw;
         for (var q = lid; q < p.hw; q += WG) {
-            y[cb + q] = x[cb + q] * scale + shift;
+            y[cb + q] = act(x[cb + q] * scale + shift);
         }
     }
 }
@@ -91,20 +108,24 @@ fn backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     var sb = 0.0;
     for (var cc = 0u; cc < cpg; cc++) {
         let gm = gamma[g0 + cc];
+        let bt = beta[g0 + cc];
         let cb = base + cc * p.hw;
         for (var q = lid; q < p.hw; q += WG) {
-            let gh = dy[cb + q] * gm;
+            let xh = (x[cb + q] - mean) * rstd;
+            let gh = act_back(dy[cb + q], xh * gm + bt) * gm;
             sa += gh;
-            sb += gh * (x[cb + q] - mean) * rstd;
+            sb += gh * xh;
         }
     }
     let sums = wg_sum2(lid, sa, sb) / f32(m);
     for (var cc = 0u; cc < cpg; cc++) {
         let gm = gamma[g0 + cc];
+        let bt = beta[g0 + cc];
         let cb = base + cc * p.hw;
         for (var q = lid; q < p.hw; q += WG) {
             let xh = (x[cb + q] - mean) * rstd;
-            y[cb + q] = rstd * (dy[cb + q] * gm - sums.x - xh * sums.y);
+            let gh = act_back(dy[cb + q], xh * gm + bt) * gm;
+            y[cb + q] = rstd * (gh - sums.x - xh * sums.y);
         }
     }
 }
@@ -116,6 +137,8 @@ fn backward_affine(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (ch >= p.c) { return; }
     let cpg = p.c / p.groups;
     let g = ch / cpg;
+    let gm = gamma[ch];
+    let bt = beta[ch];
     var sg = 0.0;
     var sbt = 0.0;
     for (var n = 0u; n < p.n; n++) {
@@ -124,8 +147,9 @@ fn backward_affine(@builtin(global_invocation_id) gid: vec3<u32>) {
         let rstd = stats[2u * ng + 1u];
         let base = (n * p.c + ch) * p.hw;
         for (var q = 0u; q < p.hw; q++) {
-            let d = dy[base + q];
-            sg += d * (x[base + q] - mean) * rstd;
+            let xh = (x[base + q] - mean) * rstd;
+            let d = act_back(dy[base + q], xh * gm + bt);
+            sg += d * xh;
             sbt += d;
         }
     }

@@ -404,25 +404,47 @@ impl Graph {
 
     /// Group normalisation with affine γ, β.
     pub fn group_norm(&self, x: &Var, gamma: &Var, beta: &Var, groups: usize) -> Result<Var> {
-        let (t, stats) = group_norm::group_norm(x.tensor(), gamma.tensor(), beta.tensor(), groups)?;
+        self.group_norm_act(x, gamma, beta, groups, false)
+    }
+
+    /// Group normalisation then SiLU, fused (one pass forward, one backward).
+    pub fn group_norm_silu(&self, x: &Var, gamma: &Var, beta: &Var, groups: usize) -> Result<Var> {
+        self.group_norm_act(x, gamma, beta, groups, true)
+    }
+
+    fn group_norm_act(
+        &self,
+        x: &Var,
+        gamma: &Var,
+        beta: &Var,
+        groups: usize,
+        silu: bool,
+    ) -> Result<Var> {
+        let (t, stats) =
+            group_norm::group_norm_act(x.tensor(), gamma.tensor(), beta.tensor(), groups, silu)?;
         Ok(self.record(
-            "group_norm",
+            if silu {
+                "group_norm_silu"
+            } else {
+                "group_norm"
+            },
             t,
             &[x, gamma, beta],
             bw(move |g, i, d| {
-                let (dx, dg, db) = group_norm::group_norm_backward(
+                let (dx, dg, db) = group_norm::group_norm_act_backward(
                     i[0].tensor(),
                     i[1].tensor(),
                     i[2].tensor(),
                     &stats,
                     d.tensor(),
                     groups,
+                    silu,
                 )?;
                 let nd = || not_differentiable("group_norm");
                 Ok(vec![
                     Some(g.record("group_norm_backward", dx, &[&i[0], d], nd())),
                     Some(g.record("group_norm_backward", dg, &[&i[0], d], nd())),
-                    Some(g.record("group_norm_backward", db, &[d], nd())),
+                    Some(g.record("group_norm_backward", db, &[&i[0], d], nd())),
                 ])
             }),
         ))

@@ -251,7 +251,7 @@ impl UNet {
                 Layer::Down(_) => unreachable!("no downsampling on the way up"),
             };
         }
-        let h = be.silu(&self.tail_norm.forward(be, p, &h)?)?;
+        let h = self.tail_norm.forward_silu(be, p, &h)?;
         self.tail.forward(be, p, &h)
     }
 }

@@ -32,6 +32,16 @@ pub trait Backend {
         beta: &Self::T,
         groups: usize,
     ) -> Result<Self::T>;
+    /// SiLU(GroupNorm(x)); backends with a fused kernel override this.
+    fn group_norm_silu(
+        &self,
+        x: &Self::T,
+        gamma: &Self::T,
+        beta: &Self::T,
+        groups: usize,
+    ) -> Result<Self::T> {
+        self.silu(&self.group_norm(x, gamma, beta, groups)?)
+    }
     fn upsample2x(&self, x: &Self::T) -> Result<Self::T>;
     fn concat(&self, a: &Self::T, b: &Self::T) -> Result<Self::T>;
     fn attention(&self, q: &Self::T, k: &Self::T, v: &Self::T) -> Result<Self::T>;
@@ -80,6 +90,9 @@ impl Backend for Gpu<'_> {
     }
     fn group_norm(&self, x: &Var, gamma: &Var, beta: &Var, groups: usize) -> Result<Var> {
         self.graph.group_norm(x, gamma, beta, groups)
+    }
+    fn group_norm_silu(&self, x: &Var, gamma: &Var, beta: &Var, groups: usize) -> Result<Var> {
+        self.graph.group_norm_silu(x, gamma, beta, groups)
     }
     fn upsample2x(&self, x: &Var) -> Result<Var> {
         self.graph.upsample2x(x)

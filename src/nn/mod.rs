@@ -158,6 +158,11 @@ impl GroupNorm {
     pub fn forward<B: Backend>(&self, be: &B, p: &[B::T], x: &B::T) -> Result<B::T> {
         be.group_norm(x, &p[self.gamma], &p[self.beta], GROUPS)
     }
+
+    /// SiLU(GroupNorm(x)), fused where the backend can.
+    pub fn forward_silu<B: Backend>(&self, be: &B, p: &[B::T], x: &B::T) -> Result<B::T> {
+        be.group_norm_silu(x, &p[self.gamma], &p[self.beta], GROUPS)
+    }
 }
 
 /// Sinusoidal embedding of a scalar (width `d_model`), then Linear → SiLU → Linear.
@@ -276,11 +281,11 @@ impl ResBlock {
     pub fn forward<B: Backend>(&self, be: &B, p: &[B::T], x: &B::T, emb: &B::T) -> Result<B::T> {
         let h = self
             .conv1
-            .forward(be, p, &be.silu(&self.norm1.forward(be, p, x)?)?)?;
+            .forward(be, p, &self.norm1.forward_silu(be, p, x)?)?;
         let e = self.temb.forward(be, p, &be.silu(emb)?)?;
         let es = be.shape(&e).to_vec();
         let h = be.add(&h, &be.reshape(&e, &[es[0], es[1], 1, 1])?)?;
-        let h = be.silu(&self.norm2.forward(be, p, &h)?)?;
+        let h = self.norm2.forward_silu(be, p, &h)?;
         let h = be.dropout(&h, self.dropout, self.stream)?;
         let h = self.conv2.forward(be, p, &h)?;
         let skip = match &self.shortcut {

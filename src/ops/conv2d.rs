@@ -64,7 +64,11 @@ fn launch(variant: Option<Variant>, pass: Pass, p: &Params, tensors: &[&Tensor])
             let defs = format!("const STRIDE: u32 = {}u;", p.stride);
             // 3x3 stride 1 with rows of whole 4-pixel groups: the sliding-window kernel.
             let k3s1 = p.kh == 3 && p.kw == 3 && p.stride == 1;
+            let k1 = p.kh == 1 && p.kw == 1 && p.stride == 1 && p.pad == 0;
+            let hw4 = (p.h * p.w).is_multiple_of(4);
             let entry = match pass {
+                Pass::Forward if k1 && hw4 => "forward1",
+                Pass::InputGrad if k1 && hw4 => "backward_input1",
                 Pass::Forward if k3s1 && p.wo.is_multiple_of(4) => "forward3",
                 Pass::InputGrad if k3s1 && p.w.is_multiple_of(4) => "backward_input3",
                 _ => pass.entry(),
@@ -442,13 +446,14 @@ mod tests {
     /// with several 16-channel row blocks and 256-pixel column blocks.
     #[test]
     fn conv2d_variants_match_cpu() {
-        let big: [Case; 5] = [
+        let big: [Case; 6] = [
             (2, 18, 12, 13, 20, 3, 1, 1),
             // Wo a multiple of 4: the sliding-window 3x3 kernels.
             (2, 18, 6, 8, 20, 3, 1, 1),
             (1, 5, 6, 10, 17, 3, 1, 0),
             (1, 17, 11, 9, 19, 3, 2, 1),
             (3, 33, 6, 7, 9, 1, 1, 0),
+            (2, 20, 4, 5, 18, 1, 1, 0), // H·W a multiple of 4: the pointwise kernels
         ];
         let e = crate::engine::Engine::shared().unwrap();
         for (k, &(n, cin, h, w, cout, ks, s, pad)) in CASES.iter().chain(&big).enumerate() {

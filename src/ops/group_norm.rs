@@ -21,7 +21,8 @@ struct Params {
     hw: u32,
     groups: u32,
     eps: f32,
-    _pad: [u32; 3],
+    silu: u32,
+    _pad: [u32; 2],
 }
 
 /// PyTorch's default.
@@ -50,7 +51,8 @@ fn plan(x: &Tensor, gamma: &Tensor, beta: &Tensor, groups: usize) -> Result<Para
         hw: (s[2] * s[3]) as u32,
         groups: groups as u32,
         eps: EPS,
-        _pad: [0; 3],
+        silu: 0,
+        _pad: [0; 2],
     })
 }
 
@@ -71,7 +73,20 @@ pub fn group_norm(
     beta: &Tensor,
     groups: usize,
 ) -> Result<(Tensor, Tensor)> {
-    let p = plan(x, gamma, beta, groups)?;
+    group_norm_act(x, gamma, beta, groups, false)
+}
+
+/// [`group_norm`], followed by SiLU in the same pass when `silu` (GroupNorm then SiLU is how
+/// every UNet block starts: one pass over memory instead of two).
+pub fn group_norm_act(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    silu: bool,
+) -> Result<(Tensor, Tensor)> {
+    let mut p = plan(x, gamma, beta, groups)?;
+    p.silu = silu as u32;
     let e = x.engine();
     let y = Tensor::uninit(e, x.shape())?;
     let stats = Tensor::uninit(e, &[p.n as usize, groups, 2])?;
@@ -93,7 +108,21 @@ pub fn group_norm_backward(
     dy: &Tensor,
     groups: usize,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let p = plan(x, gamma, beta, groups)?;
+    group_norm_act_backward(x, gamma, beta, stats, dy, groups, false)
+}
+
+/// (dx, dγ, dβ) for y = group_norm_act(x, γ, β, groups, silu).
+pub fn group_norm_act_backward(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    stats: &Tensor,
+    dy: &Tensor,
+    groups: usize,
+    silu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let mut p = plan(x, gamma, beta, groups)?;
+    p.silu = silu as u32;
     if dy.shape() != x.shape() || stats.shape() != [p.n as usize, groups, 2] {
         return Err(Error::shape(
             "group_norm_backward",
@@ -105,7 +134,7 @@ pub fn group_norm_backward(
     e.dispatch(
         BACKWARD_INPUT,
         &p,
-        &[x, gamma, dy, stats, &dx],
+        &[x, gamma, beta, dy, stats, &dx],
         wg_grid(p.n * p.groups),
     )?;
     let dgamma = Tensor::uninit(e, gamma.shape())?;
@@ -113,7 +142,7 @@ pub fn group_norm_backward(
     e.dispatch(
         BACKWARD_AFFINE,
         &p,
-        &[x, dy, stats, &dgamma, &dbeta],
+        &[x, gamma, beta, dy, stats, &dgamma, &dbeta],
         [p.c.div_ceil(64), 1, 1],
     )?;
     Ok((dx, dgamma, dbeta))
@@ -278,5 +307,74 @@ mod tests {
             err.contains("group_norm") && err.contains("[1, 6, 2, 2]"),
             "{err}"
         );
+    }
+
+    /// GroupNorm then SiLU in one pass, against the CPU composition and finite differences.
+    #[test]
+    fn fused_silu_matches_cpu_with_gradients() {
+        use crate::ops::elementwise::{UnaryOp, cpu::unary};
+        let (n, c, h, w, g) = (2, 6, 3, 2, 3);
+        let hw = h * w;
+        let x = rounded(&rand_vec(n * c * hw, 7, -2.0, 2.0));
+        let gamma = rounded(&rand_vec(c, 8, 0.5, 1.5));
+        let beta = rounded(&rand_vec(c, 9, -1.0, 1.0));
+        let fwd = |x: &[f64], gm: &[f64], b: &[f64]| -> Vec<f64> {
+            cpu::group_norm(x, n, c, hw, g, gm, b)
+                .into_iter()
+                .map(|v| unary(v, UnaryOp::Silu))
+                .collect()
+        };
+        // Backward of the composition: dy through SiLU' at the pre-activation, then GroupNorm's.
+        let back = |x: &[f64], gm: &[f64], b: &[f64], d: &[f64]| {
+            let v = cpu::group_norm(x, n, c, hw, g, gm, b);
+            let dv: Vec<f64> = v
+                .iter()
+                .zip(d)
+                .map(|(&v, &d)| {
+                    let s = 1.0 / (1.0 + (-v).exp());
+                    d * s * (1.0 + v * (1.0 - s))
+                })
+                .collect();
+            cpu::group_norm_backward(x, n, c, hw, g, gm, &dv)
+        };
+        check_grad(
+            "gn+silu dx",
+            &x,
+            |x| fwd(x, &gamma, &beta),
+            |x, d| back(x, &gamma, &beta, d).0,
+        );
+        check_grad(
+            "gn+silu dgamma",
+            &gamma,
+            |gm| fwd(&x, gm, &beta),
+            |gm, d| back(&x, gm, &beta, d).1,
+        );
+        check_grad(
+            "gn+silu dbeta",
+            &beta,
+            |b| fwd(&x, &gamma, b),
+            |b, d| back(&x, &gamma, b, d).2,
+        );
+        let (tx, tg, tb) = (
+            upload(&[n, c, h, w], &x),
+            upload(&[c], &gamma),
+            upload(&[c], &beta),
+        );
+        let (y, stats) = group_norm_act(&tx, &tg, &tb, g, true).unwrap();
+        assert_close(
+            "gn+silu",
+            &y.to_vec().unwrap(),
+            &fwd(&x, &gamma, &beta),
+            1e-4,
+            1e-5,
+        );
+        let dy = rounded(&rand_vec(x.len(), 10, -1.0, 1.0));
+        let (dx, dg, db) =
+            group_norm_act_backward(&tx, &tg, &tb, &stats, &upload(&[n, c, h, w], &dy), g, true)
+                .unwrap();
+        let (wdx, wdg, wdb) = back(&x, &gamma, &beta, &dy);
+        assert_close("gn+silu dx", &dx.to_vec().unwrap(), &wdx, 1e-3, 1e-4);
+        assert_close("gn+silu dgamma", &dg.to_vec().unwrap(), &wdg, 1e-4, 1e-4);
+        assert_close("gn+silu dbeta", &db.to_vec().unwrap(), &wdb, 1e-4, 1e-4);
     }
 }
