@@ -2,6 +2,8 @@
 //! time is the device's. Throughput is reported in FLOP/s (criterion's "elements" are FLOPs).
 //! Sampler throughput is reported in samples/s (elements = samples).
 //! `cargo bench` runs them on the adapter `proxdm info` marks (PROXDM_BACKEND/PROXDM_ADAPTER).
+//! Matmul and convolutions are timed in every kernel variant the adapter runs (`[portable]`,
+//! `[sg8]`), so the tuner's choice can be checked.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use proxdm::diffusion::oracles::Mixture;
@@ -23,29 +25,50 @@ fn benches(c: &mut Criterion) {
     let info = &e.adapter().info;
     let mut g = c.benchmark_group(format!("{} ({:?})", info.name, info.backend));
     g.sample_size(10);
-    for n in [256usize, 1024] {
-        let (a, b) = (filled(&e, &[n, n]), filled(&e, &[n, n]));
-        g.throughput(Throughput::Elements(2 * (n * n * n) as u64));
-        g.bench_function(format!("matmul {n}^3"), |bench| {
-            bench.iter(|| {
-                let c = matmul::matmul(&a, &b, false, false, 1.0).unwrap();
-                e.sync().unwrap();
-                c
-            })
-        });
-    }
-    for (n, ci, hw, co) in [(64usize, 64usize, 32usize, 64usize), (64, 128, 16, 128)] {
-        let x = filled(&e, &[n, ci, hw, hw]);
-        let w = filled(&e, &[co, ci, 3, 3]);
-        let flops = 2 * n * co * hw * hw * ci * 9;
-        g.throughput(Throughput::Elements(flops as u64));
-        g.bench_function(format!("conv2d 3x3 [{n},{ci},{hw},{hw}]->{co}"), |bench| {
-            bench.iter(|| {
-                let y = conv2d::conv2d(&x, &w, None, 1, 1).unwrap();
-                e.sync().unwrap();
-                y
-            })
-        });
+    for v in e.variants() {
+        let tag = v.name();
+        for n in [256usize, 1024] {
+            let (a, b) = (filled(&e, &[n, n]), filled(&e, &[n, n]));
+            g.throughput(Throughput::Elements(2 * (n * n * n) as u64));
+            g.bench_function(format!("matmul {n}^3 [{tag}]"), |bench| {
+                bench.iter(|| {
+                    let c = matmul::matmul_variant(Some(v), &a, &b, false, false, 1.0).unwrap();
+                    e.sync().unwrap();
+                    c
+                })
+            });
+        }
+        for (n, ci, hw, co) in [(16usize, 64usize, 32usize, 64usize), (16, 128, 16, 128)] {
+            let x = filled(&e, &[n, ci, hw, hw]);
+            let w = filled(&e, &[co, ci, 3, 3]);
+            let dy = filled(&e, &[n, co, hw, hw]);
+            let flops = 2 * n * co * hw * hw * ci * 9;
+            let shape = format!("[{n},{ci},{hw},{hw}]->{co}");
+            g.throughput(Throughput::Elements(flops as u64));
+            g.bench_function(format!("conv2d 3x3 {shape} [{tag}]"), |bench| {
+                bench.iter(|| {
+                    let y = conv2d::conv2d_variant(Some(v), &x, &w, None, 1, 1).unwrap();
+                    e.sync().unwrap();
+                    y
+                })
+            });
+            g.bench_function(format!("conv2d 3x3 grad input {shape} [{tag}]"), |bench| {
+                bench.iter(|| {
+                    let dx = conv2d::conv2d_input_grad_variant(Some(v), &dy, &w, x.shape(), 1, 1)
+                        .unwrap();
+                    e.sync().unwrap();
+                    dx
+                })
+            });
+            g.bench_function(format!("conv2d 3x3 grad weight {shape} [{tag}]"), |bench| {
+                bench.iter(|| {
+                    let dw = conv2d::conv2d_weight_grad_variant(Some(v), &x, &dy, w.shape(), 1, 1)
+                        .unwrap();
+                    e.sync().unwrap();
+                    dw
+                })
+            });
+        }
     }
     g.finish();
 

@@ -12,6 +12,10 @@ struct Params {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
+// The same operands seen as vec4 rows, for `main4` (an entry uses one view or the other).
+@group(0) @binding(4) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> c4: array<vec4<f32>>;
 
 @compute @workgroup_size(64)
 fn main(
@@ -51,5 +55,46 @@ fn main(
         for (var u = 0u; u < 4u; u++) {
             if (col0 + u < p.n) { c[oc + r * p.n + col0 + u] = v[u]; }
         }
+    }
+}
+
+// `main` without transposes and with K, N and the batch strides multiples of 4: a lane loads
+// 4 consecutive k of each of its two A rows and the 4 B rows of those k as vec4s (a vec4 load
+// costs less per element than 4 scalar ones), then stores its 16 x 4 block as vec4s.
+@compute @workgroup_size(64)
+fn main4(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(subgroup_invocation_id) sl: u32,
+) {
+    let bi = wid.z;
+    let row0 = wid.y * 16u;
+    let k4 = p.k / 4u;
+    let n4 = p.n / 4u;
+    let cq = wid.x * 64u + lid.x;            // this lane's vec4 column
+    let cqc = min(cq, n4 - 1u);
+    let ia0 = (bi * p.stride_a) / 4u + min(row0 + sl, p.m - 1u) * k4;
+    let ia1 = (bi * p.stride_a) / 4u + min(row0 + 8u + sl, p.m - 1u) * k4;
+    let ob = (bi * p.stride_b) / 4u + cqc;
+    var acc = acc_zero();
+    for (var kq = 0u; kq < k4; kq++) {
+        let kb = ob + kq * 4u * n4;
+        let b0 = b4[kb];
+        let b1 = b4[kb + n4];
+        let b2 = b4[kb + 2u * n4];
+        let b3 = b4[kb + 3u * n4];
+        let av0 = a4[ia0 + kq];
+        let av1 = a4[ia1 + kq];
+        acc_step(&acc, av0.x, av1.x, b0);
+        acc_step(&acc, av0.y, av1.y, b1);
+        acc_step(&acc, av0.z, av1.z, b2);
+        acc_step(&acc, av0.w, av1.w, b3);
+    }
+    if (cq >= n4) { return; }
+    let oc = (bi * p.stride_c) / 4u;
+    for (var t = 0u; t < 16u; t++) {
+        let r = row0 + t;
+        if (r >= p.m) { break; }
+        c4[oc + r * n4 + cq] = p.alpha * acc_row(&acc, t);
     }
 }

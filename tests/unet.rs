@@ -235,3 +235,29 @@ fn forward_is_deterministic_and_init_is_reproducible() {
         "{err}"
     );
 }
+
+/// FLOPs per 32×32 image, counted by running each preset's forward on shapes, against the
+/// figures measured independently with PyTorch's profiler for the same networks (issue #6:
+/// ≈ 0.56 GFLOP for the small preset, ≈ 3.2 GFLOP for the reference MNIST network).
+#[test]
+fn preset_flops_match_independent_counts() {
+    use proxdm::models::{Model, ModelConfig, ModelKind, UNetConfig};
+    for (unet, want) in [
+        (UNetConfig::default(), 0.56e9),
+        (UNetConfig::mnist_reference(), 3.2e9),
+    ] {
+        let cfg = ModelConfig {
+            kind: ModelKind::Prox,
+            unet: unet.clone(),
+            sde: Default::default(),
+        };
+        let (model, _) = Model::build(&cfg, 0).unwrap();
+        let f = model.forward_flops(32).unwrap();
+        assert!(
+            (f / want - 1.0).abs() < 0.1,
+            "{unet:?}: {:.3} GFLOP per image, expected ≈ {:.2}",
+            f / 1e9,
+            want / 1e9
+        );
+    }
+}

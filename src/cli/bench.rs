@@ -165,25 +165,34 @@ pub fn run(e: &Engine, reps: usize, batch: usize) -> Result<Vec<Row>> {
         None,
     );
 
-    // The small preset: forward, a training step, sampling at 10 steps.
-    let mb = ModelBench::new(e, batch)?;
-    let s = time(e, reps, || mb.forward())?;
-    push(
-        format!("UNet small preset forward, batch {batch}"),
-        s,
-        None,
-        None,
-        Some((batch as f64, "images")),
-    );
-    let mut opt = Optimizer::new(&mb.store, AdamW::default(), Some(0.9999))?;
-    let s = time(e, reps, || mb.train_step(&mut opt))?;
-    push(
-        format!("UNet small preset training step, batch {batch}"),
-        s,
-        None,
-        None,
-        Some((batch as f64, "images")),
-    );
+    // Both presets: forward and a training step (FLOPs counted from the model's own forward;
+    // a training step is taken as 3× the forward: forward, input and weight gradients).
+    for (label, unet) in [
+        ("small preset", UNetConfig::default()),
+        ("reference MNIST preset", UNetConfig::mnist_reference()),
+    ] {
+        let mb = ModelBench::new(e, unet, batch)?;
+        let f = mb.model.forward_flops(32)? * batch as f64;
+        let s = time(e, reps, || mb.forward())?;
+        push(
+            format!("UNet {label} forward, batch {batch}"),
+            s,
+            Some(f),
+            None,
+            Some((batch as f64, "images")),
+        );
+        let mut opt = Optimizer::new(&mb.store, AdamW::default(), Some(0.9999))?;
+        let s = time(e, reps, || mb.train_step(&mut opt))?;
+        push(
+            format!("UNet {label} training step, batch {batch}"),
+            s,
+            Some(3.0 * f),
+            None,
+            Some((batch as f64, "images")),
+        );
+    }
+    // Sampling with the small preset.
+    let mb = ModelBench::new(e, UNetConfig::default(), batch)?;
     let (model, store, cfg) = (&mb.model, &mb.store, &mb.cfg);
     let net = Network {
         model,
@@ -215,10 +224,10 @@ struct ModelBench {
 }
 
 impl ModelBench {
-    fn new(e: &Engine, batch: usize) -> Result<ModelBench> {
+    fn new(e: &Engine, unet: UNetConfig, batch: usize) -> Result<ModelBench> {
         let cfg = ModelConfig {
             kind: ModelKind::Prox,
-            unet: UNetConfig::default(),
+            unet,
             sde: Default::default(),
         };
         let (model, pb) = Model::build(&cfg, 0)?;
@@ -271,7 +280,7 @@ impl ModelBench {
 /// Where a small-preset forward and training step spend their time, per kernel: each dispatch
 /// run alone between two device syncs (so the total exceeds the pipelined step time).
 pub fn profile(e: &Engine, batch: usize) -> Result<String> {
-    let mb = ModelBench::new(e, batch)?;
+    let mb = ModelBench::new(e, UNetConfig::default(), batch)?;
     let mut opt = Optimizer::new(&mb.store, AdamW::default(), Some(0.9999))?;
     let mut out = String::new();
     for (what, train) in [("forward", false), ("training step", true)] {

@@ -39,6 +39,21 @@ impl Default for UNetConfig {
     }
 }
 
+impl UNetConfig {
+    /// The reference's MNIST network: ch 64, mult [1, 2, 2, 2], attention at level 1, two
+    /// blocks per level, dropout 0.1.
+    pub fn mnist_reference() -> Self {
+        UNetConfig {
+            ch: 64,
+            ch_mult: vec![1, 2, 2, 2],
+            attn: vec![1],
+            num_res_blocks: 2,
+            dropout: 0.1,
+            in_ch: 1,
+        }
+    }
+}
+
 /// Linear-β VP SDE parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -304,6 +319,18 @@ impl Model {
 
     /// The network output (predicted noise) for x (N, C, H, W), t (N) and, for a prox
     /// network, λ (N).
+    /// FLOPs of one forward on one `size`×`size` image (convolutions, linear layers and
+    /// attention products; see [`crate::nn::flops`]), counted by running the forward on shapes.
+    pub fn forward_flops(&self, size: usize) -> Result<f64> {
+        let (_, pb) = Model::build(&self.config, 0)?;
+        let params: Vec<Vec<usize>> = pb.into_params().into_iter().map(|p| p.1).collect();
+        let be = crate::nn::flops::Flops::default();
+        let x = vec![1, self.config.unet.in_ch, size, size];
+        let lamb = (self.config.kind == ModelKind::Prox).then(|| vec![1]);
+        self.eps(&be, &params, &x, &vec![1], lamb.as_ref())?;
+        Ok(be.total())
+    }
+
     pub fn eps<B: Backend>(
         &self,
         be: &B,

@@ -2,6 +2,7 @@
 //! reference PyTorch `state_dict` (e.g. `block1.2.weight`).
 
 pub mod backend;
+pub mod flops;
 pub mod optim;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};

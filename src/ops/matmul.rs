@@ -19,6 +19,7 @@ pub static SHADER_SG8: Shader = Shader::new(
 );
 const MAIN: Kernel = Kernel::new(&SHADER, "main");
 const MAIN_SG8: Kernel = Kernel::new(&SHADER_SG8, "main");
+const MAIN4_SG8: Kernel = Kernel::new(&SHADER_SG8, "main4");
 
 /// Mirrors `Params` in matmul.wgsl.
 #[repr(C)]
@@ -114,6 +115,13 @@ pub fn matmul_variant(
             &p,
             &[a, b, &c],
             [n.div_ceil(32) as u32, m.div_ceil(32) as u32, nb as u32],
+        ),
+        // vec4 rows: no transposes, K and N (hence every batch stride) multiples of 4.
+        Variant::Sg8 if !trans_a && !trans_b && k % 4 == 0 && n % 4 == 0 => e.dispatch(
+            MAIN4_SG8,
+            &p,
+            &[a, b, &c],
+            [n.div_ceil(256) as u32, m.div_ceil(16) as u32, nb as u32],
         ),
         Variant::Sg8 => e.dispatch(
             MAIN_SG8,
@@ -251,6 +259,10 @@ mod tests {
             (Some(2), None, 9, 70, 13),
             (None, Some(2), 17, 4, 31),
             (Some(1), Some(1), 64, 64, 64),
+            // K and N multiples of 4 (the vec4 kernel when not transposed), with a shared
+            // operand on either side and several 256-column blocks.
+            (Some(3), None, 21, 300, 12),
+            (None, Some(2), 5, 8, 4),
         ];
         for (ci, &(ba, bb, m, n, k)) in cases.iter().enumerate() {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
