@@ -92,6 +92,9 @@ enum Command {
     /// The paper's 2D oracle experiment: every sampler with the exact score or the oracle prox
     /// of a mixture of Diracs, W1/W2 to the target against the number of steps.
     Toy(proxdm::cli::toy::ToyArgs),
+    /// Train a ProxDM (or score) UNet on MNIST or a .npy image set: checkpoints, EMA weights,
+    /// a loss log; --resume continues the same schedule.
+    Train(proxdm::cli::train::TrainArgs),
     /// Time the kernels at the UNet's shapes, the small-preset UNet (forward, training step)
     /// and sampling; medians after warm-up, in GFLOP/s, GB/s and images/s.
     Bench {
@@ -199,6 +202,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!("{}", proxdm::cli::bench::table(&engine, &rows));
             }
+        }
+        Command::Train(args) => {
+            let engine = proxdm::Engine::with_request(&request)?;
+            print!("{}", proxdm::cli::train::run(&engine, &args)?);
         }
         Command::Toy(args) => {
             let engine = proxdm::Engine::with_request(&request)?;

@@ -5,3 +5,4 @@ pub mod bench;
 pub mod info;
 pub mod smoke;
 pub mod toy;
+pub mod train;

@@ -1,8 +1,9 @@
-//! The method: the VP SDE, score and ProxDM samplers, and the oracles they call.
+//! The method: the VP SDE, score and ProxDM samplers, the oracles they call, and training.
 
 pub mod oracles;
 pub mod ot;
 pub mod samplers;
 pub mod toy;
+pub mod train;
 
 pub use crate::models::SdeConfig as Sde;

@@ -1,5 +1,6 @@
 //! Files: model weights (safetensors with the config in the metadata) and `.npy` arrays.
 
+pub mod datasets;
 pub mod npy;
 pub mod plot;
 pub mod weights;

@@ -48,6 +48,40 @@ impl Optimizer {
         })
     }
 
+    /// The AdamW moments (m, v), one per parameter, for checkpoints.
+    pub fn moments(&self) -> (&[Tensor], &[Tensor]) {
+        (&self.m, &self.v)
+    }
+
+    /// Restores a checkpointed state: step count, moments and EMA weights (shapes must match).
+    pub fn set_state(
+        &mut self,
+        step: u32,
+        m: Vec<Tensor>,
+        v: Vec<Tensor>,
+        ema: Vec<Tensor>,
+    ) -> Result<()> {
+        let fits = |new: &[Tensor], old: &[Tensor]| {
+            new.len() == old.len() && new.iter().zip(old).all(|(a, b)| a.shape() == b.shape())
+        };
+        let ok = fits(&m, &self.m)
+            && fits(&v, &self.v)
+            && self.ema.as_ref().is_none_or(|(_, e)| fits(&ema, e));
+        if !ok {
+            return Err(Error::shape(
+                "Optimizer::set_state",
+                "state tensors do not match the parameters",
+            ));
+        }
+        self.step = step;
+        self.m = m;
+        self.v = v;
+        if let Some((_, e)) = &mut self.ema {
+            *e = ema;
+        }
+        Ok(())
+    }
+
     /// One AdamW step on every parameter with a gradient (in place), then the EMA update.
     pub fn update(&mut self, store: &ParamStore, grads: &[Option<Var>]) -> Result<()> {
         if grads.len() != store.len() {

@@ -1,0 +1,536 @@
+//! Training: the (t, λ) draw, the loss and learning-rate schedule, and the training loop with
+//! atomic checkpoints that resume bit for bit.
+//!
+//! Prox (DESIGN §2): per example, N from the step candidates with weights ∝ log₁₀ N, Δ = 1/N,
+//! t = ⌊u/Δ⌋Δ (≤ 1 − Δ), γ = B(t, t + Δ), λ = γ (hybrid) or γ/(1 − γ/2) (backward);
+//! x_t = √α(t)·x₀ + √(1−α(t))·z₁, y = x_t + √λ·z₂, and the loss compares g_θ(y, t, λ) with z₂:
+//! L1 for the first `l1_iters`, then proximal matching with ζ = ζ₀·decay^stage.
+//! Score: t ~ U(0, 1), x_t as above, MSE between ε_θ(x_t, t) and z₁.
+//!
+//! Everything random in a step is a function of (seed, iteration): the batch order (a shuffle
+//! per epoch), the (t, λ) draws, the Gaussian noise (Philox streams) and the dropout masks. A
+//! checkpoint therefore only needs the weights, the optimiser state and the iteration.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::graph::{Graph, ParamStore};
+use crate::io::datasets::Images;
+use crate::models::{Model, ModelConfig, ModelKind, SdeConfig, UNetConfig};
+use crate::nn::Gpu;
+use crate::nn::optim::{AdamW, Optimizer};
+use crate::ops::elementwise;
+use crate::ops::loss::Loss;
+use crate::ops::noise;
+use crate::tensor::Tensor;
+
+/// How the prox sampler the network is trained for discretises the reverse SDE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discretization {
+    Hybrid,
+    Backward,
+}
+
+/// The `[train]` section of a run config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Images per step.
+    pub batch: usize,
+    /// Total steps; the schedule (L1 phase, ζ stages) is laid out over them.
+    pub iters: usize,
+    /// Seeds the initial weights, batch order, noise, (t, λ) draws and dropout.
+    pub seed: u64,
+    /// Prox only: the sampler trained for.
+    pub discretization: Discretization,
+    /// Prox only: step counts N drawn with weights ∝ log₁₀ N (empty: the reference's,
+    /// 5..1000 for hybrid, 20..1000 for backward).
+    pub step_candidates: Vec<usize>,
+    /// Prox only: steps of the L1 phase, then proximal matching.
+    pub l1_iters: usize,
+    pub zeta_start: f32,
+    pub zeta_decay: f32,
+    pub zeta_stages: usize,
+    pub l1_lr: f32,
+    pub pm_lr: f32,
+    /// Score only: learning rate, reached linearly over `warmup` steps.
+    pub lr: f32,
+    pub warmup: usize,
+    pub weight_decay: f32,
+    pub ema_decay: f32,
+    /// Steps between checkpoints.
+    pub checkpoint_every: usize,
+}
+
+impl Default for TrainConfig {
+    /// The reference's MNIST schedule in proportion (l1 = 1/3 of the steps), sized down.
+    fn default() -> Self {
+        TrainConfig {
+            batch: 64,
+            iters: 30_000,
+            seed: 0,
+            discretization: Discretization::Hybrid,
+            step_candidates: vec![],
+            l1_iters: 10_000,
+            zeta_start: 1.0,
+            zeta_decay: 0.5,
+            zeta_stages: 2,
+            l1_lr: 1e-4,
+            pm_lr: 1e-5,
+            lr: 2e-4,
+            warmup: 0,
+            weight_decay: 0.0,
+            ema_decay: 0.9999,
+            checkpoint_every: 200,
+        }
+    }
+}
+
+/// A training run's config file: the model (as `configs/*.toml`) and `[train]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub kind: ModelKind,
+    #[serde(default)]
+    pub unet: UNetConfig,
+    #[serde(default)]
+    pub sde: SdeConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+impl RunConfig {
+    pub fn model(&self) -> ModelConfig {
+        ModelConfig {
+            kind: self.kind,
+            unet: self.unet.clone(),
+            sde: self.sde,
+        }
+    }
+
+    /// Reads a TOML run config.
+    pub fn read(path: &Path) -> Result<RunConfig> {
+        let text = String::from_utf8(crate::io::read(path)?).map_err(|_| Error::Format {
+            path: path.display().to_string(),
+            detail: "not UTF-8 text".into(),
+        })?;
+        let cfg: RunConfig = toml::from_str(&text).map_err(|e| Error::Format {
+            path: path.display().to_string(),
+            detail: format!("invalid run config: {e}"),
+        })?;
+        cfg.validate().map_err(|e| Error::Format {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.model().validate()?;
+        let t = &self.train;
+        let bad = |m: &str| Err(Error::Config(format!("[train] {m}")));
+        if t.batch == 0 || t.iters == 0 || t.checkpoint_every == 0 {
+            return bad("batch, iters and checkpoint_every must be positive");
+        }
+        if self.kind == ModelKind::Prox {
+            if t.l1_iters > t.iters {
+                return bad("l1_iters must not exceed iters");
+            }
+            if t.zeta_stages == 0 || t.zeta_start <= 0.0 {
+                return bad("zeta_stages must be ≥ 1 and zeta_start > 0");
+            }
+            let c = self.candidates();
+            if c.is_empty() || c.contains(&0) {
+                return bad("step_candidates must be positive step counts");
+            }
+            if t.discretization == Discretization::Backward
+                && let Some(n) = c.iter().find(|&&n| n < 10)
+            {
+                return bad(&format!(
+                    "backward discretization needs N ≥ 10 (γ < 2 with β_max = 20); got {n}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The step candidates in use (the reference's when none are given).
+    pub fn candidates(&self) -> Vec<usize> {
+        match (&self.train.step_candidates[..], self.train.discretization) {
+            ([], Discretization::Hybrid) => vec![5, 10, 20, 50, 100, 1000],
+            ([], Discretization::Backward) => vec![20, 50, 100, 1000],
+            (c, _) => c.to_vec(),
+        }
+    }
+}
+
+/// The loss and learning rate of step `it` (1-based), as the reference's schedule.
+pub fn schedule(cfg: &RunConfig, it: usize) -> (Loss, f32) {
+    let t = &cfg.train;
+    match cfg.kind {
+        ModelKind::Score => {
+            let lr = if t.warmup > 0 {
+                t.lr * it.min(t.warmup) as f32 / t.warmup as f32
+            } else {
+                t.lr
+            };
+            (Loss::Mse, lr)
+        }
+        ModelKind::Prox if it <= t.l1_iters => (Loss::L1, t.l1_lr),
+        ModelKind::Prox => {
+            let k = it - t.l1_iters - 1;
+            let every = ((t.iters - t.l1_iters) / t.zeta_stages).max(1);
+            let stage = (k / every).min(t.zeta_stages - 1);
+            let zeta = t.zeta_start * t.zeta_decay.powi(stage as i32);
+            (Loss::ProxMatch { zeta }, t.pm_lr)
+        }
+    }
+}
+
+/// splitmix64: a small, stable generator for everything drawn on the host.
+#[derive(Clone)]
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> Self {
+        SplitMix(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Uniform in 0..n.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.uniform() * n as f64) as usize % n.max(1)
+    }
+}
+
+/// One (t, λ) draw for the prox objective: N from `candidates` with weights ∝ log₁₀ N, then t on
+/// the N-step grid and λ from γ = B(t, t + 1/N).
+pub fn draw_t_lambda(
+    sde: &SdeConfig,
+    candidates: &[usize],
+    disc: Discretization,
+    rng: &mut SplitMix,
+) -> (f64, f64) {
+    let w: Vec<f64> = candidates.iter().map(|&n| (n as f64).log10()).collect();
+    let total: f64 = w.iter().sum();
+    let mut u = rng.uniform() * total;
+    let mut n = *candidates.last().expect("validated non-empty");
+    for (&c, &wi) in candidates.iter().zip(&w) {
+        if u < wi {
+            n = c;
+            break;
+        }
+        u -= wi;
+    }
+    let dt = 1.0 / n as f64;
+    let t = ((rng.uniform() / dt).floor() * dt).min(1.0 - dt);
+    let gamma = sde.integral(t, t + dt);
+    let lambda = match disc {
+        Discretization::Hybrid => gamma,
+        Discretization::Backward => gamma / (1.0 - gamma / 2.0),
+    };
+    (t, lambda)
+}
+
+/// What one step did (the loss is read back, so NaN stops the run at once).
+#[derive(Clone, Debug)]
+pub struct StepStats {
+    pub iter: usize,
+    pub loss: f32,
+    pub kind: Loss,
+    pub lr: f32,
+}
+
+/// A model being trained: weights, optimiser (with the EMA), data, and the step count.
+pub struct Trainer<'d> {
+    pub cfg: RunConfig,
+    pub model: Model,
+    pub store: ParamStore,
+    pub opt: Optimizer,
+    data: &'d Images,
+    /// Steps done.
+    pub iter: usize,
+    perm: (usize, Vec<usize>),
+}
+
+/// Metadata keys of a checkpoint.
+const RUN_KEY: &str = "proxdm.run";
+const ITER_KEY: &str = "proxdm.iter";
+
+impl<'d> Trainer<'d> {
+    /// A fresh run: weights initialised from the seed.
+    pub fn new(engine: &Engine, cfg: RunConfig, data: &'d Images) -> Result<Self> {
+        cfg.validate()?;
+        check_data(&cfg, data)?;
+        let (model, pb) = Model::build(&cfg.model(), cfg.train.seed)?;
+        let store = pb.finish(engine)?;
+        let opt = Optimizer::new(&store, adamw(&cfg), Some(cfg.train.ema_decay))?;
+        Ok(Trainer {
+            cfg,
+            model,
+            store,
+            opt,
+            data,
+            iter: 0,
+            perm: (usize::MAX, vec![]),
+        })
+    }
+
+    /// The batch indices of step `it` (0-based): epoch-wise shuffles of the dataset.
+    fn batch_indices(&mut self, it: usize) -> Vec<usize> {
+        let n = self.data.len();
+        let b = self.cfg.train.batch;
+        (it * b..(it + 1) * b)
+            .map(|k| {
+                let epoch = k / n;
+                if self.perm.0 != epoch {
+                    let mut rng =
+                        SplitMix::new(self.cfg.train.seed ^ 0xda7a ^ (epoch as u64) << 20);
+                    let mut p: Vec<usize> = (0..n).collect();
+                    for i in (1..n).rev() {
+                        p.swap(i, rng.below(i + 1));
+                    }
+                    self.perm = (epoch, p);
+                }
+                self.perm.1[k % n]
+            })
+            .collect()
+    }
+
+    /// One training step. A loss that is not finite is an error; the step's update has been
+    /// applied by then (it runs on the GPU before the loss is read), so the caller must not
+    /// save: the last checkpoint is the last good state.
+    pub fn step(&mut self) -> Result<StepStats> {
+        let e = self.store.tensors()[0].engine().clone();
+        let it = self.iter; // 0-based index of this step
+        let (kind, lr) = schedule(&self.cfg, it + 1);
+        let idx = self.batch_indices(it);
+        let [_, c, h, w] = self.data.shape;
+        let b = idx.len();
+        let shape = [b, c, h, w];
+        let x0 = Tensor::from_slice(&e, &shape, &self.data.gather(&idx))?;
+        let seed = self.cfg.train.seed;
+        let stream = (it as u32).wrapping_mul(3);
+        let z1 = noise::randn(&e, &shape, seed, stream.wrapping_add(1))?;
+        let mut rng = SplitMix::new(seed ^ 0x7a11 ^ ((it as u64) << 24));
+        let sde = self.cfg.sde;
+        let (ts, lambdas): (Vec<f64>, Vec<f64>) = match self.cfg.kind {
+            ModelKind::Prox => {
+                let cands = self.cfg.candidates();
+                (0..b)
+                    .map(|_| draw_t_lambda(&sde, &cands, self.cfg.train.discretization, &mut rng))
+                    .unzip()
+            }
+            ModelKind::Score => (0..b).map(|_| (rng.uniform(), 0.0)).unzip(),
+        };
+        let col = |v: Vec<f32>| Tensor::from_slice(&e, &[b, 1, 1, 1], &v);
+        let sa = col(ts.iter().map(|&t| sde.alpha(t).sqrt() as f32).collect())?;
+        let sb = col(ts
+            .iter()
+            .map(|&t| (1.0 - sde.alpha(t)).sqrt() as f32)
+            .collect())?;
+        let xt = elementwise::add(&elementwise::mul(&x0, &sa)?, &elementwise::mul(&z1, &sb)?)?;
+        let t = Tensor::from_slice(&e, &[b], &ts.iter().map(|&t| t as f32).collect::<Vec<_>>())?;
+        let (input, target, lam) = match self.cfg.kind {
+            ModelKind::Prox => {
+                let z2 = noise::randn(&e, &shape, seed, stream.wrapping_add(2))?;
+                let sl = col(lambdas.iter().map(|&l| l.sqrt() as f32).collect())?;
+                let y = elementwise::add(&xt, &elementwise::mul(&z2, &sl)?)?;
+                let lam = Tensor::from_slice(
+                    &e,
+                    &[b],
+                    &lambdas.iter().map(|&l| l as f32).collect::<Vec<_>>(),
+                )?;
+                (y, z2, Some(lam))
+            }
+            ModelKind::Score => (xt, z1, None),
+        };
+        let g = Graph::new(&e);
+        let p = self.store.vars(&g);
+        let be = Gpu {
+            graph: &g,
+            dropout_seed: Some(seed ^ 0xd209 ^ ((it as u64) << 16)),
+        };
+        let lam_var = lam.map(|l| g.constant(l));
+        let out = self.model.eps(
+            &be,
+            &p,
+            &g.constant(input),
+            &g.constant(t),
+            lam_var.as_ref(),
+        )?;
+        let loss = g.loss(kind, &out, &g.constant(target))?;
+        let refs: Vec<_> = p.iter().collect();
+        let grads = g.backward(&loss, &refs, false)?;
+        self.opt.cfg.lr = lr;
+        self.opt.update(&self.store, &grads)?;
+        let value = loss.tensor().to_vec()?[0];
+        self.iter += 1;
+        if !value.is_finite() {
+            return Err(Error::Config(format!(
+                "loss is {value} at step {}: stopping (the last checkpoint is kept); lower the \
+                 learning rate or check the data",
+                self.iter
+            )));
+        }
+        Ok(StepStats {
+            iter: self.iter,
+            loss: value,
+            kind,
+            lr,
+        })
+    }
+
+    /// The EMA weights as a store (what samples).
+    pub fn ema_store(&self) -> ParamStore {
+        let mut s = ParamStore::new();
+        let (_, ema) = self.opt.ema.as_ref().expect("trainer keeps an EMA");
+        for (n, t) in self.store.names().iter().zip(ema) {
+            s.insert(n.clone(), t.clone());
+        }
+        s
+    }
+
+    /// Writes the checkpoint (weights, AdamW moments, EMA, step, config) atomically.
+    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        let (m, v) = self.opt.moments();
+        let (_, ema) = self.opt.ema.as_ref().expect("trainer keeps an EMA");
+        let mut host: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (i, name) in self.store.names().iter().enumerate() {
+            for (prefix, t) in [
+                ("", &self.store.tensors()[i]),
+                ("opt.m.", &m[i]),
+                ("opt.v.", &v[i]),
+                ("ema.", &ema[i]),
+            ] {
+                host.push((
+                    format!("{prefix}{name}"),
+                    t.shape().to_vec(),
+                    bytemuck::cast_slice(&t.to_vec()?).to_vec(),
+                ));
+            }
+        }
+        let views: Vec<(String, TensorView<'_>)> = host
+            .iter()
+            .map(|(n, s, b)| {
+                (
+                    n.clone(),
+                    TensorView::new(Dtype::F32, s.clone(), b).expect("shape matches data"),
+                )
+            })
+            .collect();
+        let meta = HashMap::from([
+            (
+                crate::io::weights::CONFIG_KEY.to_string(),
+                serde_json::to_string(&self.cfg.model()).expect("serialises"),
+            ),
+            (
+                RUN_KEY.to_string(),
+                serde_json::to_string(&self.cfg).expect("serialises"),
+            ),
+            (ITER_KEY.to_string(), self.iter.to_string()),
+            ("proxdm.adam_step".to_string(), self.opt.step.to_string()),
+        ]);
+        let bytes = safetensors::serialize(views, Some(meta))
+            .map_err(|e| Error::Gpu(format!("serialising checkpoint: {e}")))?;
+        crate::io::write_atomic(path, &bytes)
+    }
+
+    /// Continues a run from its checkpoint (its config wins; the data must fit it).
+    pub fn resume(engine: &Engine, path: &Path, data: &'d Images) -> Result<Self> {
+        let bytes = crate::io::read(path)?;
+        let bad = |d: String| Error::Format {
+            path: path.display().to_string(),
+            detail: d,
+        };
+        let (_, meta) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| bad(format!("not a checkpoint (or truncated): {e}")))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| bad(format!("not a checkpoint (or truncated): {e}")))?;
+        let meta = meta.metadata().clone().unwrap_or_default();
+        let get = |k: &str| {
+            meta.get(k).ok_or_else(|| {
+                bad(format!(
+                    "no '{k}' in the metadata: not a training checkpoint"
+                ))
+            })
+        };
+        let cfg: RunConfig = serde_json::from_str(get(RUN_KEY)?)
+            .map_err(|e| bad(format!("unreadable run config: {e}")))?;
+        let iter: usize = get(ITER_KEY)?
+            .parse()
+            .map_err(|_| bad("bad step count".into()))?;
+        let adam_step: u32 = get("proxdm.adam_step")?
+            .parse()
+            .map_err(|_| bad("bad optimiser step".into()))?;
+        let mut tr = Trainer::new(engine, cfg, data)?;
+        let names = tr.store.names().to_vec();
+        let load = |name: &str, like: &Tensor| -> Result<Tensor> {
+            let v = st
+                .tensor(name)
+                .map_err(|_| bad(format!("tensor '{name}' missing")))?;
+            if v.dtype() != Dtype::F32 || v.shape() != like.shape() {
+                return Err(bad(format!(
+                    "tensor '{name}' is {:?} {:?}, expected F32 {:?}",
+                    v.dtype(),
+                    v.shape(),
+                    like.shape()
+                )));
+            }
+            let data: Vec<f32> = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            Tensor::from_slice(engine, like.shape(), &data)
+        };
+        let mut m = Vec::new();
+        let mut v = Vec::new();
+        let mut ema = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let like = tr.store.tensors()[i].clone();
+            tr.store.set(i, load(name, &like)?)?;
+            m.push(load(&format!("opt.m.{name}"), &like)?);
+            v.push(load(&format!("opt.v.{name}"), &like)?);
+            ema.push(load(&format!("ema.{name}"), &like)?);
+        }
+        tr.opt.set_state(adam_step, m, v, ema)?;
+        tr.iter = iter;
+        Ok(tr)
+    }
+}
+
+fn adamw(cfg: &RunConfig) -> AdamW {
+    AdamW {
+        lr: schedule(cfg, 1).1,
+        weight_decay: cfg.train.weight_decay,
+        ..Default::default()
+    }
+}
+
+fn check_data(cfg: &RunConfig, data: &Images) -> Result<()> {
+    let [n, c, h, w] = data.shape;
+    let div = 1usize << (cfg.unet.ch_mult.len() - 1);
+    if n == 0 || c != cfg.unet.in_ch || h % div != 0 || w % div != 0 {
+        return Err(Error::Config(format!(
+            "data of shape {:?} does not fit the model (in_ch {}, sides divisible by {div})",
+            data.shape, cfg.unet.in_ch
+        )));
+    }
+    Ok(())
+}
