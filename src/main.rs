@@ -95,6 +95,9 @@ enum Command {
     /// Train a ProxDM (or score) UNet on MNIST or a .npy image set: checkpoints, EMA weights,
     /// a loss log; --resume continues the same schedule.
     Train(proxdm::cli::train::TrainArgs),
+    /// Draw images from noise with trained weights (the shipped MNIST ProxDM model by
+    /// default) in a few steps; writes a PNG grid (and optionally .npy).
+    Sample(proxdm::cli::sample::SampleArgs),
     /// Time the kernels at the UNet's shapes, the small-preset UNet (forward, training step)
     /// and sampling; medians after warm-up, in GFLOP/s, GB/s and images/s.
     Bench {
@@ -202,6 +205,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!("{}", proxdm::cli::bench::table(&engine, &rows));
             }
+        }
+        Command::Sample(args) => {
+            let engine = proxdm::Engine::with_request(&request)?;
+            print!("{}", proxdm::cli::sample::run(&engine, &args)?);
         }
         Command::Train(args) => {
             let engine = proxdm::Engine::with_request(&request)?;

@@ -219,3 +219,90 @@ fn toy_experiment_writes_table_figure_and_samples() {
     assert!(!ok && out.contains("must name columns x and y"), "{out}");
     std::fs::remove_dir_all(csv.parent().unwrap()).ok();
 }
+
+/// `train` on a generated MNIST-format fixture, `--resume`, then `sample` from the run's EMA
+/// weights: a grid of the right size, the same for the same seed, different for another.
+#[test]
+fn train_resume_and_sample_end_to_end() {
+    let dir = tmp("train");
+    let data = dir.join("mnist");
+    proxdm::io::datasets::write_fixture(&data, "train", 16, 1).unwrap();
+    let cfg = dir.join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        "kind = \"prox\"\n[unet]\nch = 32\nch_mult = [1, 1]\nattn = []\nnum_res_blocks = 1\n\
+         [train]\nbatch = 4\niters = 5\nl1_iters = 2\ncheckpoint_every = 2\n",
+    )
+    .unwrap();
+    let run_dir = dir.join("run");
+    let (d, c, r) = (
+        data.to_str().unwrap(),
+        cfg.to_str().unwrap(),
+        run_dir.to_str().unwrap(),
+    );
+    let (ok, out) = run(&[
+        "train",
+        "--config",
+        c,
+        "--data",
+        d,
+        "--out",
+        r,
+        "--max-steps",
+        "3",
+        "--quiet",
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("trained steps 0..3 of 5"), "{out}");
+    // Starting again over an existing run is refused; --resume continues it.
+    let (ok, out) = run(&["train", "--config", c, "--data", d, "--out", r]);
+    assert!(!ok && out.contains("--resume"), "{out}");
+    let (ok, out) = run(&["train", "--data", d, "--out", r, "--resume", "--quiet"]);
+    assert!(ok && out.contains("trained steps 3..5 of 5"), "{out}");
+    let log = std::fs::read_to_string(run_dir.join("log.csv")).unwrap();
+    assert_eq!(log.lines().count(), 6, "header + 5 steps:\n{log}");
+    assert!(
+        log.lines().nth(3).unwrap().contains(",pm,1,"),
+        "step 3 is proximal matching:\n{log}"
+    );
+
+    let w = run_dir.join("model.safetensors");
+    let png = |name: &str, seed: &str| {
+        let p = dir.join(name);
+        let (ok, out) = run(&[
+            "sample",
+            "--weights",
+            w.to_str().unwrap(),
+            "--n",
+            "5",
+            "--steps",
+            "5",
+            "--seed",
+            seed,
+            "--out",
+            p.to_str().unwrap(),
+        ]);
+        assert!(ok, "{out}");
+        std::fs::read(p).unwrap()
+    };
+    let (a, b, other) = (png("a.png", "3"), png("b.png", "3"), png("c.png", "4"));
+    assert_eq!(a, b, "same seed, same images");
+    assert_ne!(a, other, "another seed, other images");
+    // 5 images: a 3 × 2 grid of 32-pixel images with 2-pixel gaps → 104 × 70.
+    let dec = png::Decoder::new(std::io::Cursor::new(&a))
+        .read_info()
+        .unwrap();
+    assert_eq!((dec.info().width, dec.info().height), (104, 70));
+    // A score sampler on prox weights is refused, naming both.
+    let (ok, out) = run(&[
+        "sample",
+        "--weights",
+        w.to_str().unwrap(),
+        "--sampler",
+        "score-ode",
+    ]);
+    assert!(
+        !ok && out.contains("score-ode") && out.contains("Prox"),
+        "{out}"
+    );
+}

@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod bench;
 pub mod info;
+pub mod sample;
 pub mod smoke;
 pub mod toy;
 pub mod train;

