@@ -158,7 +158,7 @@ fn mnist_idx_files_load_padded_and_scaled_with_clear_errors() {
     for i in 0..5 {
         let img = &im.data[i * 1024..(i + 1) * 1024];
         assert!((0..32).all(|k| img[k] == -1.0 && img[31 * 32 + k] == -1.0));
-        assert!(img.iter().any(|&v| v == 1.0), "image {i} has its bar");
+        assert!(img.contains(&1.0), "image {i} has its bar");
     }
     // The test split is missing: the error names the file and where to get MNIST.
     let err = datasets::mnist(&dir, Split::Test).unwrap_err().to_string();
