@@ -298,3 +298,187 @@ fn a_short_run_on_a_fixture_lowers_the_loss() {
         "L1 loss {head:.4} -> {tail:.4}: not learning"
     );
 }
+
+/// Step 0 of a prox run recomputed on the CPU in f64 from its definition (DESIGN §2): the
+/// batch from the step's draws, z₁ and z₂ from the CPU Philox reference, x_t and y, the model's
+/// CPU forward, the proximal-matching loss. The GPU loss matches it, the GPU gradients match
+/// its finite differences, and the update the step applies is AdamW's (CPU reference) with
+/// those gradients, the EMA following.
+#[test]
+fn a_training_step_matches_the_cpu_reference() {
+    use proxdm::nn::Cpu;
+    use proxdm::nn::backend::HostTensor;
+    use proxdm::ops::{loss, noise, optim};
+
+    let e = engine();
+    let data = bars(6);
+    let mut train = TrainConfig {
+        batch: 2,
+        iters: 4,
+        l1_iters: 0, // proximal matching (smooth) from the first step
+        seed: 5,
+        ema_decay: 0.9,
+        ..Default::default()
+    };
+    train.step_candidates = vec![5, 20];
+    let mut cfg = tiny(ModelKind::Prox, train);
+    cfg.unet.dropout = 0.0; // no masks to reproduce
+    let mut tr = Trainer::new(&e, cfg.clone(), &data).unwrap();
+    // The reference initialises the last conv of each block near zero; give every parameter a
+    // size so that gradients reach all of them (finite differences need them well above noise).
+    let mut rng = SplitMix::new(9);
+    for i in 0..tr.store.len() {
+        let t = &tr.store.tensors()[i];
+        let v = t.to_vec().unwrap();
+        if v.iter().all(|x| x.abs() < 1e-3) {
+            let r: Vec<f32> = v
+                .iter()
+                .map(|_| (rng.uniform() as f32 - 0.5) * 0.1)
+                .collect();
+            let nt = proxdm::Tensor::from_slice(&e, t.shape(), &r).unwrap();
+            tr.store.set(i, nt).unwrap();
+        }
+    }
+    let theta0: Vec<Vec<f32>> = tr
+        .store
+        .tensors()
+        .iter()
+        .map(|t| t.to_vec().unwrap())
+        .collect();
+
+    // The CPU reference of step 0.
+    let draws = tr.draws(0);
+    let sde = cfg.sde;
+    let (b, m) = (draws.idx.len(), 64);
+    let x0 = data.gather(&draws.idx);
+    let mut y = vec![0.0f64; b * m];
+    let mut z2 = vec![0.0f64; b * m];
+    for i in 0..b * m {
+        let r = i / m;
+        let (t, lam) = (draws.t[r], draws.lambda[r]);
+        let z1 = noise::cpu::gaussian(5, 1, i as u32);
+        z2[i] = noise::cpu::gaussian(5, 2, i as u32);
+        let xt = sde.alpha(t).sqrt() * x0[i] as f64 + (1.0 - sde.alpha(t)).sqrt() * z1;
+        y[i] = xt + lam.sqrt() * z2[i];
+    }
+    let (model, _) = proxdm::models::Model::build(&cfg.model(), 0).unwrap();
+    let shapes: Vec<Vec<usize>> = tr
+        .store
+        .tensors()
+        .iter()
+        .map(|t| t.shape().to_vec())
+        .collect();
+    let host = |params: &[Vec<f32>]| -> Vec<HostTensor> {
+        params
+            .iter()
+            .zip(&shapes)
+            .map(|(p, s)| HostTensor::new(s, p.iter().map(|&v| v as f64).collect()))
+            .collect()
+    };
+    let cpu_loss = |params: &[Vec<f32>], bump: Option<(usize, usize, f64)>| -> f64 {
+        let mut hp = host(params);
+        if let Some((i, j, h)) = bump {
+            hp[i].data[j] += h;
+        }
+        let g = model
+            .eps(
+                &Cpu,
+                &hp,
+                &HostTensor::new(&[b, 1, 8, 8], y.clone()),
+                &HostTensor::new(&[b], draws.t.clone()),
+                Some(&HostTensor::new(&[b], draws.lambda.clone())),
+            )
+            .unwrap();
+        loss::cpu::loss(Loss::ProxMatch { zeta: 1.0 }, &g.data, &z2, b)
+    };
+    let (gpu_loss, grads) = tr.loss_and_grads(0).unwrap();
+    let want = cpu_loss(&theta0, None);
+    let got = gpu_loss.to_vec().unwrap()[0] as f64;
+    assert!(
+        (got - want).abs() < 1e-4 * want.abs().max(1e-3),
+        "loss: GPU {got}, CPU {want}"
+    );
+
+    // Gradients of a few entries in tensors across the network vs central differences.
+    let names = tr.store.names().to_vec();
+    let last_conv = (0..names.len())
+        .rev()
+        .find(|&i| tr.store.tensors()[i].shape().len() == 4)
+        .unwrap();
+    let picks = [
+        "time_embedding.embedding_mlp.0.weight",
+        "lamb_embedding.embedding_mlp.2.weight",
+        "unet.head.weight",
+        "unet.downblocks.0.block1.0.weight",
+        "unet.middleblocks.0.attn.proj_q.weight",
+        "unet.upblocks.0.shortcut.bias",
+    ];
+    let mut checked = 0;
+    for i in picks
+        .iter()
+        .map(|n| tr.store.index_of(n).unwrap_or_else(|| panic!("{n}")))
+        .chain([last_conv])
+    {
+        let gv = grads[i]
+            .as_ref()
+            .expect("every parameter has a gradient")
+            .to_vec()
+            .unwrap();
+        for j in [0, gv.len() / 2, gv.len() - 1] {
+            let h = 1e-4;
+            let fd = (cpu_loss(&theta0, Some((i, j, h))) - cpu_loss(&theta0, Some((i, j, -h))))
+                / (2.0 * h);
+            let g = gv[j] as f64;
+            assert!(
+                (g - fd).abs() <= 2e-2 * fd.abs().max(g.abs()) + 1e-6,
+                "{}[{j}]: GPU {g:e}, finite differences {fd:e}",
+                names[i]
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 21);
+
+    // The step's update is AdamW (step 1) with these gradients; the EMA follows it.
+    let host_grads: Vec<Vec<f64>> = grads
+        .iter()
+        .map(|g| {
+            g.as_ref()
+                .unwrap()
+                .to_vec()
+                .unwrap()
+                .iter()
+                .map(|&v| v as f64)
+                .collect()
+        })
+        .collect();
+    let ema0: Vec<Vec<f32>> = tr
+        .ema_store()
+        .tensors()
+        .iter()
+        .map(|t| t.to_vec().unwrap())
+        .collect();
+    tr.step().unwrap();
+    let ema = tr.ema_store();
+    let adam = tr.opt.cfg;
+    for i in 0..names.len() {
+        let mut p: Vec<f64> = theta0[i].iter().map(|&v| v as f64).collect();
+        let (mut mm, mut vv) = (vec![0.0; p.len()], vec![0.0; p.len()]);
+        optim::cpu::adamw_step(&adam, 1, &mut p, &host_grads[i], &mut mm, &mut vv);
+        let got = tr.store.tensors()[i].to_vec().unwrap();
+        let got_ema = ema.tensors()[i].to_vec().unwrap();
+        for j in 0..p.len() {
+            assert!(
+                (got[j] as f64 - p[j]).abs() < 1e-6,
+                "{}[{j}] after the step",
+                names[i]
+            );
+            let want_ema = 0.9 * ema0[i][j] as f64 + 0.1 * p[j];
+            assert!(
+                (got_ema[j] as f64 - want_ema).abs() < 1e-6,
+                "EMA of {}[{j}]",
+                names[i]
+            );
+        }
+    }
+}

@@ -250,6 +250,15 @@ pub fn draw_t_lambda(
     (t, lambda)
 }
 
+/// The host-side random draws of one step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Draws {
+    /// Dataset indices of the batch.
+    pub idx: Vec<usize>,
+    pub t: Vec<f64>,
+    pub lambda: Vec<f64>,
+}
+
 /// What one step did (the loss is read back, so NaN stops the run at once).
 #[derive(Clone, Debug)]
 pub struct StepStats {
@@ -315,24 +324,14 @@ impl<'d> Trainer<'d> {
             .collect()
     }
 
-    /// One training step. A loss that is not finite is an error; the step's update has been
-    /// applied by then (it runs on the GPU before the loss is read), so the caller must not
-    /// save: the last checkpoint is the last good state.
-    pub fn step(&mut self) -> Result<StepStats> {
-        let e = self.store.tensors()[0].engine().clone();
-        let it = self.iter; // 0-based index of this step
-        let (kind, lr) = schedule(&self.cfg, it + 1);
+    /// The host-side draws of step `it` (0-based): image indices, t and λ per example (λ = 0
+    /// for a score model). The Gaussian noise is Philox: z₁ on stream 3·it + 1, z₂ on 3·it + 2,
+    /// keyed by the seed.
+    pub fn draws(&mut self, it: usize) -> Draws {
         let idx = self.batch_indices(it);
-        let [_, c, h, w] = self.data.shape;
-        let b = idx.len();
-        let shape = [b, c, h, w];
-        let x0 = Tensor::from_slice(&e, &shape, &self.data.gather(&idx))?;
-        let seed = self.cfg.train.seed;
-        let stream = (it as u32).wrapping_mul(3);
-        let z1 = noise::randn(&e, &shape, seed, stream.wrapping_add(1))?;
-        let mut rng = SplitMix::new(seed ^ 0x7a11 ^ ((it as u64) << 24));
-        let sde = self.cfg.sde;
-        let (ts, lambdas): (Vec<f64>, Vec<f64>) = match self.cfg.kind {
+        let mut rng = SplitMix::new(self.cfg.train.seed ^ 0x7a11 ^ ((it as u64) << 24));
+        let (sde, b) = (self.cfg.sde, idx.len());
+        let (t, lambda) = match self.cfg.kind {
             ModelKind::Prox => {
                 let cands = self.cfg.candidates();
                 (0..b)
@@ -341,6 +340,23 @@ impl<'d> Trainer<'d> {
             }
             ModelKind::Score => (0..b).map(|_| (rng.uniform(), 0.0)).unzip(),
         };
+        Draws { idx, t, lambda }
+    }
+
+    /// Forward, loss and backward of step `it` (0-based) without updating: the loss (a GPU
+    /// scalar) and the gradient of each parameter (`None` where the loss does not depend on it).
+    pub fn loss_and_grads(&mut self, it: usize) -> Result<(Tensor, Vec<Option<Tensor>>)> {
+        let e = self.store.tensors()[0].engine().clone();
+        let (kind, _) = schedule(&self.cfg, it + 1);
+        let Draws { idx, t: ts, lambda } = self.draws(it);
+        let [_, c, h, w] = self.data.shape;
+        let b = idx.len();
+        let shape = [b, c, h, w];
+        let x0 = Tensor::from_slice(&e, &shape, &self.data.gather(&idx))?;
+        let seed = self.cfg.train.seed;
+        let stream = (it as u32).wrapping_mul(3);
+        let z1 = noise::randn(&e, &shape, seed, stream.wrapping_add(1))?;
+        let sde = self.cfg.sde;
         let col = |v: Vec<f32>| Tensor::from_slice(&e, &[b, 1, 1, 1], &v);
         let sa = col(ts.iter().map(|&t| sde.alpha(t).sqrt() as f32).collect())?;
         let sb = col(ts
@@ -352,12 +368,12 @@ impl<'d> Trainer<'d> {
         let (input, target, lam) = match self.cfg.kind {
             ModelKind::Prox => {
                 let z2 = noise::randn(&e, &shape, seed, stream.wrapping_add(2))?;
-                let sl = col(lambdas.iter().map(|&l| l.sqrt() as f32).collect())?;
+                let sl = col(lambda.iter().map(|&l| l.sqrt() as f32).collect())?;
                 let y = elementwise::add(&xt, &elementwise::mul(&z2, &sl)?)?;
                 let lam = Tensor::from_slice(
                     &e,
                     &[b],
-                    &lambdas.iter().map(|&l| l as f32).collect::<Vec<_>>(),
+                    &lambda.iter().map(|&l| l as f32).collect::<Vec<_>>(),
                 )?;
                 (y, z2, Some(lam))
             }
@@ -379,10 +395,24 @@ impl<'d> Trainer<'d> {
         )?;
         let loss = g.loss(kind, &out, &g.constant(target))?;
         let refs: Vec<_> = p.iter().collect();
-        let grads = g.backward(&loss, &refs, false)?;
+        let grads = g
+            .backward(&loss, &refs, false)?
+            .into_iter()
+            .map(|d| d.map(|d| d.tensor().clone()))
+            .collect();
+        Ok((loss.tensor().clone(), grads))
+    }
+
+    /// One training step. A loss that is not finite is an error; the step's update has been
+    /// applied by then (it runs on the GPU before the loss is read), so the caller must not
+    /// save: the last checkpoint is the last good state.
+    pub fn step(&mut self) -> Result<StepStats> {
+        let it = self.iter;
+        let (kind, lr) = schedule(&self.cfg, it + 1);
+        let (loss, grads) = self.loss_and_grads(it)?;
         self.opt.cfg.lr = lr;
-        self.opt.update(&self.store, &grads)?;
-        let value = loss.tensor().to_vec()?[0];
+        self.opt.update_with(&self.store, &grads)?;
+        let value = loss.to_vec()?[0];
         self.iter += 1;
         if !value.is_finite() {
             return Err(Error::Config(format!(

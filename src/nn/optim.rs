@@ -84,6 +84,15 @@ impl Optimizer {
 
     /// One AdamW step on every parameter with a gradient (in place), then the EMA update.
     pub fn update(&mut self, store: &ParamStore, grads: &[Option<Var>]) -> Result<()> {
+        let grads: Vec<Option<Tensor>> = grads
+            .iter()
+            .map(|g| g.as_ref().map(|g| g.tensor().clone()))
+            .collect();
+        self.update_with(store, &grads)
+    }
+
+    /// [`Optimizer::update`] with gradients as tensors.
+    pub fn update_with(&mut self, store: &ParamStore, grads: &[Option<Tensor>]) -> Result<()> {
         if grads.len() != store.len() {
             return Err(Error::shape(
                 "Optimizer::update",
@@ -95,15 +104,9 @@ impl Optimizer {
             let ema = self.ema.as_ref().map(|(d, e)| (*d, &e[i]));
             match (g, ema) {
                 // One pass: the step, then the EMA of the new weights.
-                (Some(g), ema) => optim::adamw_step(
-                    &self.cfg,
-                    self.step,
-                    p,
-                    g.tensor(),
-                    &self.m[i],
-                    &self.v[i],
-                    ema,
-                )?,
+                (Some(g), ema) => {
+                    optim::adamw_step(&self.cfg, self.step, p, g, &self.m[i], &self.v[i], ema)?
+                }
                 (None, Some((decay, e))) => optim::ema_update(decay, e, p)?,
                 (None, None) => {}
             }
