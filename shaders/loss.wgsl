@@ -2,6 +2,8 @@
 //   kind 0 L1:   m_b = mean_d |a - t|,  loss = mean_b m_b
 //   kind 1 MSE:  m_b = mean_d (a - t)², loss = mean_b m_b
 //   kind 2 proximal matching: m_b = mean_d (a - t)², loss = mean_b (1 - exp(-m_b / ζ²))
+//   kind 3 cross-entropy of logits a against class probabilities t (one-hot labels):
+//          m_b = logsumexp_d(a) - Σ_d t a,     loss = mean_b m_b
 
 struct Params {
     b: u32,
@@ -17,10 +19,25 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> per_sample: array<f32>; // (B) m_b
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;     // forward: (1) loss; backward: (B, D) dpred
 
+// log Σ_d exp(pred[r, d]), shifted by the row's maximum.
+fn logsumexp(r: u32) -> f32 {
+    var mx = pred[r * p.d];
+    for (var j = 1u; j < p.d; j++) { mx = max(mx, pred[r * p.d + j]); }
+    var s = 0.0;
+    for (var j = 0u; j < p.d; j++) { s += exp(pred[r * p.d + j] - mx); }
+    return mx + log(s);
+}
+
 @compute @workgroup_size(64)
 fn per_sample_stat(@builtin(global_invocation_id) gid: vec3<u32>) {
     let r = gid.x;
     if (r >= p.b) { return; }
+    if (p.kind == 3u) {
+        var dot = 0.0;
+        for (var j = 0u; j < p.d; j++) { dot += tgt[r * p.d + j] * pred[r * p.d + j]; }
+        per_sample[r] = logsumexp(r) - dot;
+        return;
+    }
     var s = 0.0;
     for (var j = 0u; j < p.d; j++) {
         let e = pred[r * p.d + j] - tgt[r * p.d + j];
@@ -39,7 +56,7 @@ fn finish(@builtin(global_invocation_id) gid: vec3<u32>) {
     out[0] = s / f32(p.b);
 }
 
-// L1: sign(e)/(BD);  MSE: 2e/(BD);  PM: exp(-m_b/ζ²)/ζ² · 2e/(BD)
+// L1: sign(e)/(BD);  MSE: 2e/(BD);  PM: exp(-m_b/ζ²)/ζ² · 2e/(BD);  CE: (softmax - t)/B
 @compute @workgroup_size(256)
 fn backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg, 256u);
@@ -50,6 +67,7 @@ fn backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     switch p.kind {
         case 0u: { g = sign(e); }
         case 1u: { g = 2.0 * e; }
+        case 3u: { g = f32(p.d) * (exp(pred[i] - logsumexp(i / p.d)) - tgt[i]); }
         default: {
             let z2 = p.zeta * p.zeta;
             g = exp(-per_sample[i / p.d] / z2) / z2 * 2.0 * e;

@@ -49,6 +49,7 @@ fn loss_name(l: Loss) -> (&'static str, f32) {
         Loss::L1 => ("l1", 0.0),
         Loss::Mse => ("mse", 0.0),
         Loss::ProxMatch { zeta } => ("pm", zeta),
+        Loss::CrossEntropy => ("ce", 0.0),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Training losses between a prediction and a target, per sample then averaged over the batch:
-//! L1, MSE and proximal matching ℓ = 1 - exp(-mean((g - z)²)/ζ²), with their gradients.
+//! L1, MSE and proximal matching ℓ = 1 - exp(-mean((g - z)²)/ζ²), and the cross-entropy of
+//! logits against class probabilities (one-hot labels), with their gradients.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -31,6 +32,9 @@ pub enum Loss {
     ProxMatch {
         zeta: f32,
     },
+    /// Cross-entropy of logits (B, K) against class probabilities (B, K), e.g. one-hot labels:
+    /// mean_b (logsumexp(z_b) − Σ_k t_bk z_bk).
+    CrossEntropy,
 }
 
 impl Loss {
@@ -40,6 +44,7 @@ impl Loss {
             Loss::L1 => (0, 1.0),
             Loss::Mse => (1, 1.0),
             Loss::ProxMatch { zeta } => (2, zeta),
+            Loss::CrossEntropy => (3, 1.0),
         };
         Params {
             b: b as u32,
@@ -112,6 +117,11 @@ pub mod cpu {
                         let m = e.map(|x| x * x).sum::<f64>() / d as f64;
                         1.0 - (-m / (zeta as f64 * zeta as f64)).exp()
                     }
+                    Loss::CrossEntropy => {
+                        let row = &pred[r * d..(r + 1) * d];
+                        let t = &target[r * d..(r + 1) * d];
+                        logsumexp(row) - row.iter().zip(t).map(|(a, b)| a * b).sum::<f64>()
+                    }
                 }
             })
             .sum::<f64>()
@@ -136,9 +146,19 @@ pub mod cpu {
                         let z2 = zeta as f64 * zeta as f64;
                         (-m / z2).exp() / z2 * 2.0 * e / n
                     }
+                    Loss::CrossEntropy => {
+                        let r = i / d;
+                        let lse = logsumexp(&pred[r * d..(r + 1) * d]);
+                        ((pred[i] - lse).exp() - target[i]) / b as f64
+                    }
                 }
             })
             .collect()
+    }
+
+    fn logsumexp(row: &[f64]) -> f64 {
+        let mx = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        mx + row.iter().map(|v| (v - mx).exp()).sum::<f64>().ln()
     }
 }
 
@@ -166,8 +186,19 @@ mod tests {
                 Loss::Mse,
                 Loss::ProxMatch { zeta: 1.0 },
                 Loss::ProxMatch { zeta: 0.25 },
+                Loss::CrossEntropy,
             ] {
                 let what = format!("{kind:?} ({b},{d})");
+                // Cross-entropy takes logits (scaled up) against one-hot labels.
+                let (pred, target, tp, tt) = if kind == Loss::CrossEntropy {
+                    let logits: Vec<f64> = pred.iter().map(|v| 4.0 * v).collect();
+                    let onehot: Vec<f64> =
+                        (0..b * d).map(|i| ((i % d) == (i / d * 7) % d) as u8 as f64).collect();
+                    let (ul, uo) = (upload(&[b, d], &logits), upload(&[b, d], &onehot));
+                    (logits, onehot, ul, uo)
+                } else {
+                    (pred.clone(), target.clone(), tp.clone(), tt.clone())
+                };
                 let (l, saved) = loss(kind, &tp, &tt).unwrap();
                 assert_close(
                     &what,
