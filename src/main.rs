@@ -95,6 +95,9 @@ enum Command {
     /// Train a ProxDM (or score) UNet on MNIST or a .npy image set: checkpoints, EMA weights,
     /// a loss log; --resume continues the same schedule.
     Train(proxdm::cli::train::TrainArgs),
+    /// Train the small MNIST classifier whose features and probabilities score generated
+    /// digits (the Fréchet distance of `eval`); prints train and test accuracy.
+    Classifier(proxdm::cli::classifier::ClassifierArgs),
     /// Draw images from noise with trained weights (the shipped MNIST ProxDM model by
     /// default) in a few steps; writes a PNG grid (and optionally .npy).
     Sample(proxdm::cli::sample::SampleArgs),
@@ -209,6 +212,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sample(args) => {
             let engine = proxdm::Engine::with_request(&request)?;
             print!("{}", proxdm::cli::sample::run(&engine, &args)?);
+        }
+        Command::Classifier(args) => {
+            let engine = proxdm::Engine::with_request(&request)?;
+            print!("{}", proxdm::cli::classifier::run(&engine, &args)?);
         }
         Command::Train(args) => {
             let engine = proxdm::Engine::with_request(&request)?;

@@ -482,3 +482,32 @@ fn a_training_step_matches_the_cpu_reference() {
         }
     }
 }
+
+/// The metric's classifier learns the fixture's two classes (vertical and horizontal bars) in
+/// two epochs; a file round trip keeps its predictions; other files are refused.
+#[test]
+fn the_metric_classifier_learns_and_round_trips() {
+    use proxdm::diffusion::metric::{Scorer, accuracy, train_classifier};
+    let e = engine();
+    let dir = tmp("clf");
+    datasets::write_fixture(&dir, "train", 256, 11).unwrap();
+    let data = datasets::mnist(&dir, Split::Train).unwrap();
+    let scorer = train_classifier(&e, &data, 2, 0, |_, _, _| {}).unwrap();
+    let (feats, probs) = scorer.evaluate(&e, &data.data, 100).unwrap();
+    assert_eq!(feats.len(), 256 * 128);
+    let acc = accuracy(&probs, data.labels.as_ref().unwrap());
+    assert!(acc > 0.95, "accuracy {acc}");
+    let path = dir.join("clf.safetensors");
+    scorer.save(&path).unwrap();
+    let again = Scorer::load(&path, &e).unwrap();
+    assert_eq!(
+        again.evaluate(&e, &data.data[..1024 * 4], 4).unwrap().1,
+        probs[..40].to_vec()
+    );
+    let w = dir.join("model.safetensors");
+    let small = bars(4);
+    let tr = Trainer::new(&e, tiny(ModelKind::Score, TrainConfig::default()), &small).unwrap();
+    proxdm::io::weights::save(&w, &tr.cfg.model(), &tr.store).unwrap();
+    let err = Scorer::load(&w, &e).err().unwrap().to_string();
+    assert!(err.contains("not a proxdm MNIST classifier"), "{err}");
+}

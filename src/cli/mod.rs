@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod bench;
+pub mod classifier;
 pub mod info;
 pub mod sample;
 pub mod smoke;

@@ -1,5 +1,6 @@
 //! The method: the VP SDE, score and ProxDM samplers, the oracles they call, and training.
 
+pub mod metric;
 pub mod oracles;
 pub mod ot;
 pub mod samplers;

@@ -25,6 +25,15 @@ fn bad(path: &Path, detail: impl Into<String>) -> Error {
 
 /// Serialises `store` (host copies of its tensors) with `config` in the metadata.
 pub fn to_bytes(config: &ModelConfig, store: &ParamStore) -> Result<Vec<u8>> {
+    let meta = HashMap::from([(
+        CONFIG_KEY.to_string(),
+        serde_json::to_string(config).expect("config serialises"),
+    )]);
+    params_to_bytes(meta, store)
+}
+
+/// Serialises `store` with `meta` (and `format: pt`) in the metadata.
+pub fn params_to_bytes(mut meta: HashMap<String, String>, store: &ParamStore) -> Result<Vec<u8>> {
     let host: Vec<(String, Vec<usize>, Vec<u8>)> = store
         .names()
         .iter()
@@ -46,13 +55,7 @@ pub fn to_bytes(config: &ModelConfig, store: &ParamStore) -> Result<Vec<u8>> {
             )
         })
         .collect();
-    let meta = HashMap::from([
-        (
-            CONFIG_KEY.to_string(),
-            serde_json::to_string(config).expect("config serialises"),
-        ),
-        ("format".to_string(), "pt".to_string()),
-    ]);
+    meta.insert("format".to_string(), "pt".to_string());
     safetensors::serialize(views, Some(meta))
         .map_err(|e| Error::Gpu(format!("serialising weights: {e}")))
 }
@@ -104,17 +107,30 @@ pub fn parse(
     };
     config.validate().map_err(|e| bad(path, e.to_string()))?;
     let (model, pb) = Model::build(&config, 0)?;
-    let expected: HashMap<String, Vec<usize>> = pb
+    let expected: Vec<(String, Vec<usize>)> = pb
         .into_params()
         .into_iter()
         .map(|(n, s, _)| (n, s))
         .collect();
+    let store = checked_tensors(path, &st, &expected, engine)?;
+    Ok((model, store))
+}
 
+/// The tensors `expected` (name, shape) from a parsed file, in that order, refusing
+/// unexpected, missing, non-F32, misshapen or non-finite ones (a `model.` prefix is accepted).
+pub fn checked_tensors(
+    path: &Path,
+    st: &SafeTensors<'_>,
+    expected: &[(String, Vec<usize>)],
+    engine: &Engine,
+) -> Result<ParamStore> {
+    let shapes: HashMap<&str, &Vec<usize>> =
+        expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
     let mut found: HashMap<String, TensorView<'_>> = HashMap::new();
     let mut unexpected = Vec::new();
     for (name, view) in st.tensors() {
         let key = name.strip_prefix("model.").unwrap_or(&name).to_string();
-        if expected.contains_key(&key) {
+        if shapes.contains_key(key.as_str()) {
             found.insert(key, view);
         } else {
             unexpected.push(name);
@@ -131,9 +147,9 @@ pub fn parse(
             ),
         ));
     }
-    let mut missing: Vec<String> = model
-        .names
+    let mut missing: Vec<String> = expected
         .iter()
+        .map(|(n, _)| n)
         .filter(|n| !found.contains_key(*n))
         .cloned()
         .collect();
@@ -145,7 +161,7 @@ pub fn parse(
         ));
     }
     let mut store = ParamStore::new();
-    for name in &model.names {
+    for (name, shape) in expected {
         let view = &found[name];
         if view.dtype() != Dtype::F32 {
             return Err(bad(
@@ -153,14 +169,10 @@ pub fn parse(
                 format!("{name}: dtype {:?}, expected F32", view.dtype()),
             ));
         }
-        if view.shape() != expected[name].as_slice() {
+        if view.shape() != shape.as_slice() {
             return Err(bad(
                 path,
-                format!(
-                    "{name}: shape {:?}, expected {:?}",
-                    view.shape(),
-                    expected[name]
-                ),
+                format!("{name}: shape {:?}, expected {shape:?}", view.shape()),
             ));
         }
         let data: Vec<f32> = view
@@ -179,7 +191,7 @@ pub fn parse(
             Tensor::from_slice(engine, view.shape(), &data)?,
         );
     }
-    Ok((model, store))
+    Ok(store)
 }
 
 fn preview(names: &[String]) -> String {

@@ -1,5 +1,6 @@
-//! Models: the DDPM UNet (score and prox networks).
+//! Models: the DDPM UNet (score and prox networks) and the MNIST classifier of the metric.
 
+pub mod classifier;
 pub mod unet;
 
 pub use unet::{Model, ModelConfig, ModelKind, SdeConfig, UNetConfig};

@@ -192,8 +192,9 @@ mod tests {
                 // Cross-entropy takes logits (scaled up) against one-hot labels.
                 let (pred, target, tp, tt) = if kind == Loss::CrossEntropy {
                     let logits: Vec<f64> = pred.iter().map(|v| 4.0 * v).collect();
-                    let onehot: Vec<f64> =
-                        (0..b * d).map(|i| ((i % d) == (i / d * 7) % d) as u8 as f64).collect();
+                    let onehot: Vec<f64> = (0..b * d)
+                        .map(|i| ((i % d) == (i / d * 7) % d) as u8 as f64)
+                        .collect();
                     let (ul, uo) = (upload(&[b, d], &logits), upload(&[b, d], &onehot));
                     (logits, onehot, ul, uo)
                 } else {
