@@ -98,6 +98,9 @@ enum Command {
     /// Train the small MNIST classifier whose features and probabilities score generated
     /// digits (the Fréchet distance of `eval`); prints train and test accuracy.
     Classifier(proxdm::cli::classifier::ClassifierArgs),
+    /// Score samples per sampler and step count: Fréchet distance of the classifier's
+    /// features to the MNIST test set, confidence, class histogram; table, CSV and plot.
+    Eval(proxdm::cli::eval::EvalArgs),
     /// Draw images from noise with trained weights (the shipped MNIST ProxDM model by
     /// default) in a few steps; writes a PNG grid (and optionally .npy).
     Sample(proxdm::cli::sample::SampleArgs),
@@ -212,6 +215,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sample(args) => {
             let engine = proxdm::Engine::with_request(&request)?;
             print!("{}", proxdm::cli::sample::run(&engine, &args)?);
+        }
+        Command::Eval(args) => {
+            let engine = proxdm::Engine::with_request(&request)?;
+            print!("{}", proxdm::cli::eval::run(&engine, &args)?);
         }
         Command::Classifier(args) => {
             let engine = proxdm::Engine::with_request(&request)?;

@@ -306,3 +306,86 @@ fn train_resume_and_sample_end_to_end() {
         "{out}"
     );
 }
+
+/// `classifier` then `eval` on a generated fixture: the table, CSV and plot, with every sampler
+/// the weights can drive and nothing else.
+#[test]
+fn classifier_and_eval_end_to_end() {
+    let dir = tmp("eval");
+    let data = dir.join("mnist");
+    proxdm::io::datasets::write_fixture(&data, "train", 64, 1).unwrap();
+    proxdm::io::datasets::write_fixture(&data, "t10k", 32, 2).unwrap();
+    let clf = dir.join("clf.safetensors");
+    let d = data.to_str().unwrap();
+    let (ok, out) = run(&[
+        "classifier",
+        "--data",
+        d,
+        "--out",
+        clf.to_str().unwrap(),
+        "--epochs",
+        "1",
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("test accuracy") && out.contains("(32 images)"),
+        "{out}"
+    );
+    // Untrained tiny prox weights: the metric runs whatever the quality.
+    let w = dir.join("tiny-prox.safetensors");
+    let cfg = dir.join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        "kind = \"prox\"\n[unet]\nch = 32\nch_mult = [1, 1]\nattn = []\nnum_res_blocks = 1\n",
+    )
+    .unwrap();
+    let (ok, out) = run(&[
+        "init",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        w.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let (csv, png) = (dir.join("eval.csv"), dir.join("eval.png"));
+    let (ok, out) = run(&[
+        "eval",
+        "--weights",
+        w.to_str().unwrap(),
+        "--classifier",
+        clf.to_str().unwrap(),
+        "--data",
+        d,
+        "--steps",
+        "2,10",
+        "--n",
+        "8",
+        "--batch",
+        "4",
+        "--out",
+        csv.to_str().unwrap(),
+        "--plot",
+        png.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let rows: Vec<String> = std::fs::read_to_string(&csv)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    // prox-hybrid at 2 and 10 steps, prox-backward at 10 only (undefined below 10); no score
+    // sampler for prox weights.
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert!(rows[1].starts_with("tiny-prox,prox-hybrid,2,"), "{rows:?}");
+    assert!(
+        rows[3].starts_with("tiny-prox,prox-backward,10,"),
+        "{rows:?}"
+    );
+    let fd: f64 = rows[1].split(',').nth(3).unwrap().parse().unwrap();
+    assert!(fd.is_finite() && fd >= 0.0);
+    assert!(
+        png::Decoder::new(std::io::Cursor::new(std::fs::read(&png).unwrap()))
+            .read_info()
+            .is_ok()
+    );
+}

@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod bench;
 pub mod classifier;
+pub mod eval;
 pub mod info;
 pub mod sample;
 pub mod smoke;

@@ -137,29 +137,45 @@ pub fn draw(engine: &Engine, args: &SampleArgs) -> Result<([usize; 4], Vec<f32>)
             "--n, --batch and --steps must be positive".into(),
         ));
     }
-    let net = Network {
-        model: &model,
-        params: &params,
-    };
+    let c = model.config.unet.in_ch;
+    let out = draw_images(
+        engine, &model, &params, sampler, args.steps, args.n, args.seed, args.batch, args.size,
+    )?;
+    Ok(([args.n, c, args.size, args.size], out))
+}
+
+/// `n` images (N, C, size, size) from `sampler` in `steps` steps, `batch` at a time. A batch's
+/// noise is seeded by `seed` plus the index of its first image: the same seed and batch give
+/// the same images.
+#[allow(clippy::too_many_arguments)]
+pub fn draw_images(
+    engine: &Engine,
+    model: &crate::models::Model,
+    params: &crate::graph::ParamStore,
+    sampler: ToySampler,
+    steps: usize,
+    n: usize,
+    seed: u64,
+    batch: usize,
+    size: usize,
+) -> Result<Vec<f32>> {
+    let net = Network { model, params };
     let sde = model.config.sde;
     let c = model.config.unet.in_ch;
-    let side = args.size;
-    let mut out = Vec::with_capacity(args.n * c * side * side);
+    let mut out = Vec::with_capacity(n * c * size * size);
     let mut done = 0;
-    while done < args.n {
-        let b = args.batch.min(args.n - done);
-        // A batch's noise is seeded by --seed plus the index of its first image: the same
-        // --seed and --batch give the same images.
-        let seed = args.seed.wrapping_add(done as u64);
-        let x = initial_noise(engine, &[b, c, side, side], seed)?;
+    while done < n {
+        let b = batch.max(1).min(n - done);
+        let s = seed.wrapping_add(done as u64);
+        let x = initial_noise(engine, &[b, c, size, size], s)?;
         let y = match sampler {
-            ToySampler::Prox(k) => sample_prox(&net, &sde, k, args.steps, x, seed)?,
-            ToySampler::Score(k) => sample_score(&net, &sde, k, args.steps, x, seed)?,
+            ToySampler::Prox(k) => sample_prox(&net, &sde, k, steps, x, s)?,
+            ToySampler::Score(k) => sample_score(&net, &sde, k, steps, x, s)?,
         };
         out.extend(y.to_vec()?);
         done += b;
     }
-    Ok(([args.n, c, side, side], out))
+    Ok(out)
 }
 
 /// Runs `proxdm sample`; returns a summary line.

@@ -349,75 +349,25 @@ pub fn figure(
         }
     }
     // W2 against steps, log10 y.
-    let (x0, y0, cw, ch) = (80i64, panel + 60, w as i64 - 80 - 340, chart_h - 90);
-    let vals: Vec<f64> = results
+    let series: Vec<(String, Vec<(f64, f64)>)> = names
         .iter()
-        .filter_map(|r| r.w2)
-        .filter(|v| *v > 0.0)
+        .map(|name| {
+            let pts = results
+                .iter()
+                .filter(|r| r.sampler == *name)
+                .filter_map(|r| r.w2.map(|v| (r.steps as f64, v)))
+                .collect();
+            (name.to_string(), pts)
+        })
         .collect();
-    let (ymin, ymax) = vals
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v.log10()), b.max(v.log10()))
-        });
-    let (ymin, ymax) = if ymin.is_finite() {
-        (ymin.floor(), ymax.ceil().max(ymin.floor() + 1.0))
-    } else {
-        (-3.0, 0.0)
-    };
-    let (smin, smax) = (
-        *steps.iter().min().unwrap_or(&1) as f64,
-        *steps.iter().max().unwrap_or(&2) as f64,
+    let area = (80i64, panel + 60, w as i64 - 80 - 340, chart_h - 90);
+    let ticks: Vec<f64> = steps.iter().map(|&s| s as f64).collect();
+    c.log_chart(
+        area,
+        &series,
+        &ticks,
+        "STEPS N",
+        "W2 TO THE TARGET (LOG SCALE)",
     );
-    let px = |s: f64, v: f64| -> (f64, f64) {
-        let fx = if smax > smin {
-            (s - smin) / (smax - smin)
-        } else {
-            0.5
-        };
-        (
-            x0 as f64 + fx * cw as f64,
-            (y0 + ch) as f64 - (v.log10() - ymin) / (ymax - ymin) * ch as f64,
-        )
-    };
-    c.rect(x0, y0 + ch, cw, 2, black);
-    c.rect(x0, y0, 2, ch, black);
-    for e in ymin as i64..=ymax as i64 {
-        let (_, y) = px(smin, 10f64.powi(e as i32));
-        c.rect(x0, y as i64, cw, 1, grey);
-        c.text(8, y as i64 - 7, &format!("1E{e}"), 2, black);
-    }
-    for &s in steps {
-        let (x, _) = px(s as f64, 1.0);
-        c.rect(x as i64, y0 + ch, 1, 6, black);
-        let t = s.to_string();
-        c.text(
-            x as i64 - Canvas::text_width(&t, 2) / 2,
-            y0 + ch + 10,
-            &t,
-            2,
-            black,
-        );
-    }
-    c.text(x0 + cw / 2 - 50, y0 + ch + 32, "STEPS N", 2, black);
-    c.text(x0, y0 - 22, "W2 TO THE TARGET (LOG SCALE)", 2, black);
-    for (k, name) in names.iter().enumerate() {
-        let col = PALETTE[k % 8];
-        let mut pts: Vec<(f64, f64)> = results
-            .iter()
-            .filter(|r| r.sampler == *name)
-            .filter_map(|r| r.w2.filter(|v| *v > 0.0).map(|v| px(r.steps as f64, v)))
-            .collect();
-        pts.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
-        for pair in pts.windows(2) {
-            c.line(pair[0], pair[1], 3, col);
-        }
-        for &p in &pts {
-            c.dot(p.0, p.1, 4, col);
-        }
-        let ly = y0 + 10 + 26 * k as i64;
-        c.rect(x0 + cw + 30, ly + 4, 24, 6, col);
-        c.text(x0 + cw + 62, ly, name, 2, col);
-    }
     c.save(path)
 }

@@ -139,6 +139,80 @@ impl Canvas {
         s.chars().count() as i64 * 6 * scale
     }
 
+    /// A line chart of `series` (name, (x, y) points; y > 0) in `area` = (x, y, w, h): a log₁₀
+    /// y axis with a grid line per decade, x ticks at `ticks`, labels, and a legend to the right
+    /// of the area (series take the palette's colours in order).
+    pub fn log_chart(
+        &mut self,
+        (x0, y0, cw, ch): (i64, i64, i64, i64),
+        series: &[(String, Vec<(f64, f64)>)],
+        ticks: &[f64],
+        xlabel: &str,
+        ylabel: &str,
+    ) {
+        let (black, grey) = ([0, 0, 0], [200, 200, 200]);
+        let vals = series
+            .iter()
+            .flat_map(|s| s.1.iter().map(|p| p.1))
+            .filter(|v| *v > 0.0);
+        let (ymin, ymax) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v.log10()), b.max(v.log10()))
+        });
+        let (ymin, ymax) = if ymin.is_finite() {
+            (ymin.floor(), ymax.ceil().max(ymin.floor() + 1.0))
+        } else {
+            (-3.0, 0.0)
+        };
+        let lo = ticks.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = ticks.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let px = |s: f64, v: f64| -> (f64, f64) {
+            let fx = if hi > lo { (s - lo) / (hi - lo) } else { 0.5 };
+            (
+                x0 as f64 + fx * cw as f64,
+                (y0 + ch) as f64 - (v.log10() - ymin) / (ymax - ymin) * ch as f64,
+            )
+        };
+        self.rect(x0, y0 + ch, cw, 2, black);
+        self.rect(x0, y0, 2, ch, black);
+        for e in ymin as i64..=ymax as i64 {
+            let (_, y) = px(lo, 10f64.powi(e as i32));
+            self.rect(x0, y as i64, cw, 1, grey);
+            self.text(8, y as i64 - 7, &format!("1E{e}"), 2, black);
+        }
+        for &s in ticks {
+            let (x, _) = px(s, 1.0);
+            self.rect(x as i64, y0 + ch, 1, 6, black);
+            let t = format!("{s}");
+            self.text(
+                x as i64 - Canvas::text_width(&t, 2) / 2,
+                y0 + ch + 10,
+                &t,
+                2,
+                black,
+            );
+        }
+        self.text(x0 + cw / 2 - 50, y0 + ch + 32, xlabel, 2, black);
+        self.text(x0, y0 - 22, ylabel, 2, black);
+        for (k, (name, points)) in series.iter().enumerate() {
+            let col = PALETTE[k % 8];
+            let mut pts: Vec<(f64, f64)> = points
+                .iter()
+                .filter(|p| p.1 > 0.0)
+                .map(|p| px(p.0, p.1))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            for pair in pts.windows(2) {
+                self.line(pair[0], pair[1], 3, col);
+            }
+            for &p in &pts {
+                self.dot(p.0, p.1, 4, col);
+            }
+            let ly = y0 + 10 + 26 * k as i64;
+            self.rect(x0 + cw + 30, ly + 4, 24, 6, col);
+            self.text(x0 + cw + 62, ly, name, 2, col);
+        }
+    }
+
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut bytes = Vec::new();
         {
