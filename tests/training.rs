@@ -511,3 +511,56 @@ fn the_metric_classifier_learns_and_round_trips() {
     let err = Scorer::load(&w, &e).err().unwrap().to_string();
     assert!(err.contains("not a proxdm MNIST classifier"), "{err}");
 }
+
+/// Gradient clipping: the norm is the global L2 norm of all gradients (host reference), and
+/// after clipping it equals the limit; gradients under the limit are left alone.
+#[test]
+fn gradient_clipping_rescales_to_the_global_norm() {
+    use proxdm::diffusion::train::clip_grad_norm;
+    let e = engine();
+    let data = bars(8);
+    let mut tr = Trainer::new(
+        &e,
+        tiny(
+            ModelKind::Score,
+            TrainConfig {
+                batch: 4,
+                ..Default::default()
+            },
+        ),
+        &data,
+    )
+    .unwrap();
+    let (_, grads) = tr.loss_and_grads(0).unwrap();
+    let host_norm = |g: &[Option<proxdm::Tensor>]| -> f64 {
+        g.iter()
+            .flatten()
+            .flat_map(|t| t.to_vec().unwrap())
+            .map(|v| (v as f64) * (v as f64))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let want = host_norm(&grads);
+    let mut clipped = grads.clone();
+    let norm = clip_grad_norm(&mut clipped, (want / 4.0) as f32).unwrap();
+    assert!((norm as f64 - want).abs() < 1e-4 * want, "{norm} vs {want}");
+    assert!((host_norm(&clipped) - want / 4.0).abs() < 1e-4 * want);
+    let mut untouched = grads.clone();
+    clip_grad_norm(&mut untouched, (want * 2.0) as f32).unwrap();
+    for (a, b) in untouched.iter().flatten().zip(grads.iter().flatten()) {
+        assert_eq!(a.to_vec().unwrap(), b.to_vec().unwrap());
+    }
+}
+
+/// The shipped run configs parse and validate.
+#[test]
+fn shipped_run_configs_are_valid() {
+    for name in ["mnist-small.toml", "mnist-small-score.toml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("configs")
+            .join(name);
+        let cfg = RunConfig::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(cfg.unet, UNetConfig::default(), "{name}: the small preset");
+        assert_eq!(cfg.train.iters, 6000, "{name}: the same budget");
+    }
+}

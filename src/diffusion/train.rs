@@ -64,6 +64,8 @@ pub struct TrainConfig {
     pub warmup: usize,
     pub weight_decay: f32,
     pub ema_decay: f32,
+    /// Rescale the gradients so their global L2 norm is at most this (none when absent).
+    pub grad_clip: Option<f32>,
     /// Steps between checkpoints.
     pub checkpoint_every: usize,
 }
@@ -87,6 +89,7 @@ impl Default for TrainConfig {
             warmup: 0,
             weight_decay: 0.0,
             ema_decay: 0.9999,
+            grad_clip: None,
             checkpoint_every: 200,
         }
     }
@@ -137,6 +140,9 @@ impl RunConfig {
         let bad = |m: &str| Err(Error::Config(format!("[train] {m}")));
         if t.batch == 0 || t.iters == 0 || t.checkpoint_every == 0 {
             return bad("batch, iters and checkpoint_every must be positive");
+        }
+        if t.grad_clip.is_some_and(|c| c.is_nan() || c <= 0.0) {
+            return bad("grad_clip must be positive");
         }
         if self.kind == ModelKind::Prox {
             if t.l1_iters > t.iters {
@@ -409,7 +415,10 @@ impl<'d> Trainer<'d> {
     pub fn step(&mut self) -> Result<StepStats> {
         let it = self.iter;
         let (kind, lr) = schedule(&self.cfg, it + 1);
-        let (loss, grads) = self.loss_and_grads(it)?;
+        let (loss, mut grads) = self.loss_and_grads(it)?;
+        if let Some(c) = self.cfg.train.grad_clip {
+            clip_grad_norm(&mut grads, c)?;
+        }
         self.opt.cfg.lr = lr;
         self.opt.update_with(&self.store, &grads)?;
         let value = loss.to_vec()?[0];
@@ -546,6 +555,30 @@ impl<'d> Trainer<'d> {
         tr.iter = iter;
         Ok(tr)
     }
+}
+
+/// Scales `grads` so their global L2 norm is at most `max_norm`; returns the norm before.
+/// The norm is summed on the GPU and read back once.
+pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f32) -> Result<f32> {
+    use crate::ops::reduce::{ReduceOp, reduce};
+    let mut total: Option<Tensor> = None;
+    for g in grads.iter().flatten() {
+        let axes: Vec<usize> = (0..g.shape().len()).collect();
+        let s = reduce(g, &axes, ReduceOp::SumSq)?.reshape(&[1])?;
+        total = Some(match total {
+            None => s,
+            Some(t) => elementwise::add(&t, &s)?,
+        });
+    }
+    let Some(total) = total else { return Ok(0.0) };
+    let norm = total.to_vec()?[0].sqrt();
+    if norm > max_norm {
+        let k = max_norm / norm;
+        for g in grads.iter_mut().flatten() {
+            *g = elementwise::scale(g, k)?;
+        }
+    }
+    Ok(norm)
 }
 
 fn adamw(cfg: &RunConfig) -> AdamW {
