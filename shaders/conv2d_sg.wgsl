@@ -36,6 +36,21 @@ fn taps(base: vec4<u32>, iy: vec4<i32>, ix: vec4<i32>, height: u32, width: u32) 
     return Taps(base + cy * width + cx, oky, okx);
 }
 
+// Four consecutive outputs (the pixels of one lane) at o.
+fn store4_y(o: u32, v: vec4<f32>) {
+    y[o] = v.x;
+    y[o + 1u] = v.y;
+    y[o + 2u] = v.z;
+    y[o + 3u] = v.w;
+}
+
+fn store4_dx(o: u32, v: vec4<f32>) {
+    dx[o] = v.x;
+    dx[o + 1u] = v.y;
+    dx[o + 2u] = v.z;
+    dx[o + 3u] = v.w;
+}
+
 // x at 4 taps, 0 outside (zero padding).
 fn load_x(t: Taps) -> vec4<f32> {
     let v = vec4<f32>(x[t.idx.x], x[t.idx.y], x[t.idx.z], x[t.idx.w]);
@@ -169,10 +184,7 @@ fn forward3(
         var v = acc_row(&acc, t);
         if (p.has_bias == 1u) { v += vec4<f32>(bias[co]); }
         let o = yb + co * hw;
-        y[o] = v.x;
-        y[o + 1u] = v.y;
-        y[o + 2u] = v.z;
-        y[o + 3u] = v.w;
+        store4_y(o, v);
     }
 }
 
@@ -231,10 +243,7 @@ fn forward1(
         var v = acc_row(&acc, t);
         if (p.has_bias == 1u) { v += vec4<f32>(bias[c]); }
         let o = pw.dst + c * hw;
-        y[o] = v.x;
-        y[o + 1u] = v.y;
-        y[o + 2u] = v.z;
-        y[o + 3u] = v.w;
+        store4_y(o, v);
     }
 }
 
@@ -259,10 +268,7 @@ fn backward_input1(
         if (c >= p.cin) { break; }
         let v = acc_row(&acc, t);
         let o = pw.dst + c * hw;
-        dx[o] = v.x;
-        dx[o + 1u] = v.y;
-        dx[o + 2u] = v.z;
-        dx[o + 3u] = v.w;
+        store4_dx(o, v);
     }
 }
 
@@ -381,10 +387,7 @@ fn backward_input3(
         if (ci >= p.cin) { break; }
         let v = acc_row(&acc, t);
         let o = xo + ci * hw;
-        dx[o] = v.x;
-        dx[o + 1u] = v.y;
-        dx[o + 2u] = v.z;
-        dx[o + 3u] = v.w;
+        store4_dx(o, v);
     }
 }
 

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
@@ -452,30 +452,13 @@ impl<'d> Trainer<'d> {
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
         let (m, v) = self.opt.moments();
         let (_, ema) = self.opt.ema.as_ref().expect("trainer keeps an EMA");
-        let mut host: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut all = ParamStore::new();
         for (i, name) in self.store.names().iter().enumerate() {
-            for (prefix, t) in [
-                ("", &self.store.tensors()[i]),
-                ("opt.m.", &m[i]),
-                ("opt.v.", &v[i]),
-                ("ema.", &ema[i]),
-            ] {
-                host.push((
-                    format!("{prefix}{name}"),
-                    t.shape().to_vec(),
-                    bytemuck::cast_slice(&t.to_vec()?).to_vec(),
-                ));
-            }
+            all.insert(name.clone(), self.store.tensors()[i].clone());
+            all.insert(format!("opt.m.{name}"), m[i].clone());
+            all.insert(format!("opt.v.{name}"), v[i].clone());
+            all.insert(format!("ema.{name}"), ema[i].clone());
         }
-        let views: Vec<(String, TensorView<'_>)> = host
-            .iter()
-            .map(|(n, s, b)| {
-                (
-                    n.clone(),
-                    TensorView::new(Dtype::F32, s.clone(), b).expect("shape matches data"),
-                )
-            })
-            .collect();
         let meta = HashMap::from([
             (
                 crate::io::weights::CONFIG_KEY.to_string(),
@@ -488,8 +471,7 @@ impl<'d> Trainer<'d> {
             (ITER_KEY.to_string(), self.iter.to_string()),
             ("proxdm.adam_step".to_string(), self.opt.step.to_string()),
         ]);
-        let bytes = safetensors::serialize(views, Some(meta))
-            .map_err(|e| Error::Gpu(format!("serialising checkpoint: {e}")))?;
+        let bytes = crate::io::weights::params_to_bytes(meta, &all)?;
         crate::io::write_atomic(path, &bytes)
     }
 
