@@ -37,6 +37,8 @@ pub fn run(engine: &Engine, args: &ClassifierArgs) -> Result<String> {
         )
         .expect("valid template"),
     );
+    // Without a terminal (a background run) the bar is hidden: log every 100 steps instead.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let scorer = train_classifier(
         engine,
         &train,
@@ -45,6 +47,12 @@ pub fn run(engine: &Engine, args: &ClassifierArgs) -> Result<String> {
         |epoch, step, loss| {
             bar.set_position(step as u64);
             bar.set_message(format!("epoch {} loss {loss:.4}", epoch + 1));
+            if !tty && step % 100 == 0 {
+                eprintln!(
+                    "[classifier] step {step}/{steps} epoch {} loss {loss:.4}",
+                    epoch + 1
+                );
+            }
         },
     )?;
     bar.finish_and_clear();
