@@ -84,7 +84,19 @@ pub fn report(request: &AdapterRequest) -> Result<String> {
         }
         match &r.unsupported {
             None => {
-                let _ = writeln!(s, "      runs proxdm  yes");
+                // Mirrors Engine::has_sg8 (the device enables subgroups when the adapter has them).
+                let sg8 = r.features.contains(wgpu::Features::SUBGROUP)
+                    && r.info.subgroup_min_size == 8
+                    && r.info.subgroup_max_size == 8;
+                let _ = writeln!(
+                    s,
+                    "      runs proxdm  yes; kernel variants: portable{}",
+                    if sg8 {
+                        ", sg8 (tuned per shape, PROXDM_TUNE)"
+                    } else {
+                        ""
+                    }
+                );
             }
             Some(m) => {
                 let _ = writeln!(s, "      runs proxdm  no: lacks {m}");
