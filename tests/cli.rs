@@ -389,3 +389,43 @@ fn classifier_and_eval_end_to_end() {
             .is_ok()
     );
 }
+
+/// PROXDM_TUNE: `on` measures and writes the cache file under PROXDM_CACHE_DIR, `off` writes
+/// nothing, an unknown value is refused naming the accepted ones.
+#[test]
+fn tuning_cache_follows_proxdm_tune() {
+    let with_env = |tune: &str, cache: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_proxdm"))
+            .args(["smoke"])
+            .env("XDG_RUNTIME_DIR", "/tmp")
+            .env("PROXDM_TUNE", tune)
+            .env("PROXDM_CACHE_DIR", cache)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (on, off) = (tmp("tune-on"), tmp("tune-off"));
+    let (ok, out) = with_env("on", &on);
+    assert!(ok, "{out}");
+    let has_sg8 = proxdm::Engine::shared().unwrap().has_sg8();
+    let file = on.join("tune.json");
+    if has_sg8 {
+        let text = std::fs::read_to_string(&file).expect("tune.json written");
+        assert!(text.contains("matmul/"), "{text}");
+    }
+    let (ok, out) = with_env("off", &off);
+    assert!(ok, "{out}");
+    assert!(!off.join("tune.json").exists());
+    let (ok, out) = with_env("sometimes", &off);
+    assert!(
+        !ok && out.contains("PROXDM_TUNE") && out.contains("off, on or force"),
+        "{out}"
+    );
+}
