@@ -189,6 +189,47 @@ fn mnist_idx_files_load_padded_and_scaled_with_clear_errors() {
 }
 
 #[test]
+fn a_folder_of_pngs_is_a_dataset_in_name_order() {
+    use proxdm::io::image::{Image, write_png};
+    let dir = tmp("pngs");
+    // Written out of order: the dataset is in name order.
+    for (name, v) in [("b.png", 1.0f32), ("a.png", -1.0), ("c.png", 0.0)] {
+        let data = vec![v; 3 * 4 * 6];
+        write_png(
+            &dir.join(name),
+            &Image {
+                c: 3,
+                h: 4,
+                w: 6,
+                data,
+            },
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("notes.txt"), b"ignored").unwrap();
+    let im = datasets::open(&dir).unwrap();
+    assert_eq!(im.shape, [3, 3, 4, 6]);
+    assert!(im.labels.is_none());
+    let first: Vec<f32> = (0..3).map(|i| im.data[i * 72]).collect();
+    assert_eq!(first[0], -1.0);
+    assert_eq!(first[1], 1.0);
+    assert!(
+        (first[2] - (128.0 / 255.0 * 2.0 - 1.0)).abs() < 1e-6,
+        "{first:?}"
+    );
+    // One image of another size: the error names it and the size expected.
+    let odd = Image {
+        c: 1,
+        h: 4,
+        w: 6,
+        data: vec![0.0; 24],
+    };
+    write_png(&dir.join("d.png"), &odd).unwrap();
+    let err = datasets::open(&dir).unwrap_err().to_string();
+    assert!(err.contains("d.png") && err.contains("3×4×6"), "{err}");
+}
+
+#[test]
 fn a_resumed_run_is_bit_for_bit_the_uninterrupted_one() {
     let e = engine();
     let data = bars(24);

@@ -17,8 +17,9 @@ pub struct TrainArgs {
     /// configs/mnist-small.toml. Not needed with --resume (the checkpoint carries it).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Training images: a directory of the MNIST IDX files (gzipped or not), or a .npy file of
-    /// images in [-1, 1], (N, H, W) or (N, C, H, W).
+    /// Training images: a directory of the MNIST IDX files (gzipped or not), a directory of
+    /// PNG images of one size (grey → 1 channel, colour → 3), or a .npy file of images in
+    /// [-1, 1], (N, H, W) or (N, C, H, W).
     #[arg(long)]
     pub data: PathBuf,
     /// Run directory: checkpoint.safetensors (weights, optimiser, EMA, step),

@@ -1,5 +1,5 @@
-//! Image datasets for training: MNIST as IDX files (gzipped or not) and `.npy` arrays, held on
-//! the host as f32 in [-1, 1], NCHW; batches are gathered by index.
+//! Image datasets for training: MNIST as IDX files (gzipped or not), folders of PNG images and
+//! `.npy` arrays, held on the host as f32 in [-1, 1], NCHW; batches are gathered by index.
 //!
 //! MNIST's 28×28 digits are zero-padded by 2 pixels on each side to 32×32 (as the reference),
 //! after scaling x/255·2 − 1, so the padding is −1 (black).
@@ -206,18 +206,64 @@ pub fn npy_images(path: &Path) -> Result<Images> {
     })
 }
 
-/// A dataset given on the command line: a directory of MNIST IDX files (the training split)
-/// or a `.npy` file of images.
+/// Images from a directory of PNG files (in name order), all of one size and channel count:
+/// grey images give 1 channel, colour 3 (see `io::image`).
+pub fn image_folder(dir: &Path) -> Result<Images> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|source| Error::Io {
+            path: dir.display().to_string(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
+        .collect();
+    files.sort();
+    let Some(first) = files.first() else {
+        return Err(bad(dir, "no .png files in this directory"));
+    };
+    let first = super::image::read_png(first)?;
+    let (c, h, w) = (first.c, first.h, first.w);
+    let mut data = Vec::with_capacity(files.len() * c * h * w);
+    for f in &files {
+        let img = super::image::read_png(f)?;
+        if (img.c, img.h, img.w) != (c, h, w) {
+            return Err(bad(
+                f,
+                format!(
+                    "{}×{}×{} (channels×height×width), but {} is {c}×{h}×{w}: every image of a \
+                     folder must have one size and colour type",
+                    img.c,
+                    img.h,
+                    img.w,
+                    files[0].display()
+                ),
+            ));
+        }
+        data.extend_from_slice(&img.data);
+    }
+    Ok(Images {
+        shape: [files.len(), c, h, w],
+        data,
+        labels: None,
+    })
+}
+
+/// A dataset given on the command line: a directory of MNIST IDX files (the training split),
+/// a directory of PNG images, or a `.npy` file of images.
 pub fn open(path: &Path) -> Result<Images> {
     if path.is_dir() {
         if is_mnist_dir(path) {
             return mnist(path, Split::Train);
         }
-        return Err(bad(
-            path,
-            "a directory, but without MNIST's train-images-idx3-ubyte(.gz); pass a directory \
-             of the MNIST IDX files or a .npy file of images in [-1, 1]",
-        ));
+        return image_folder(path).map_err(|e| match e {
+            Error::Format { detail, .. } if detail.starts_with("no .png") => bad(
+                path,
+                "neither MNIST's train-images-idx3-ubyte(.gz) nor .png images here; pass a \
+                 directory of the MNIST IDX files, a directory of PNG images, or a .npy file of \
+                 images in [-1, 1]",
+            ),
+            e => e,
+        });
     }
     if path.extension().is_some_and(|e| e == "npy") {
         return npy_images(path);
@@ -230,7 +276,8 @@ pub fn open(path: &Path) -> Result<Images> {
     }
     Err(bad(
         path,
-        "unknown dataset: pass a directory of MNIST IDX files or a .npy file of images",
+        "unknown dataset: pass a directory of MNIST IDX files, a directory of PNG images or a \
+         .npy file of images",
     ))
 }
 

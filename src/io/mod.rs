@@ -1,6 +1,8 @@
-//! Files: model weights (safetensors with the config in the metadata) and `.npy` arrays.
+//! Files: model weights (safetensors with the config in the metadata), `.npy` arrays, PNG
+//! images, datasets and plots.
 
 pub mod datasets;
+pub mod image;
 pub mod npy;
 pub mod plot;
 pub mod weights;
