@@ -47,6 +47,7 @@ fn unary_f(x: f32) -> f32 {
         case 6u: { return exp(x); }
         case 7u: { return x * x; }
         case 8u: { return select(0.0, p.beta, x > p.alpha); }
+        case 9u: { return max(x, 0.0); }
         default: { return 0.0; }
     }
 }
@@ -62,6 +63,7 @@ fn unary_df(x: f32) -> f32 {
         case 5u: { return 0.0; }
         case 6u: { return exp(x); }
         case 7u: { return 2.0 * x; }
+        case 9u: { return select(0.0, 1.0, x > 0.0); }
         default: { return 0.0; }
     }
 }

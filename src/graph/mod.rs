@@ -64,6 +64,9 @@ struct Tape {
 pub struct Graph {
     engine: Engine,
     tape: RefCell<Tape>,
+    /// During a reverse pass: which inputs of the node being differentiated lead to a value
+    /// the pass was asked for (the others' gradients are not computed).
+    needs: RefCell<Vec<bool>>,
 }
 
 impl Graph {
@@ -75,6 +78,7 @@ impl Graph {
                 nodes: Vec::new(),
                 recording: true,
             }),
+            needs: RefCell::new(Vec::new()),
         }
     }
 
@@ -119,6 +123,12 @@ impl Graph {
             id: Some(tape.nodes.len() - 1),
             t,
         }
+    }
+
+    /// Whether a backward rule must compute the gradient of its input `k`: false when no value
+    /// the running reverse pass was asked for depends on that input (true outside a pass).
+    pub(crate) fn needs(&self, k: usize) -> bool {
+        self.needs.borrow().get(k).copied().unwrap_or(true)
     }
 
     /// Records the result `t` of op `name` on `inputs`; tracked only if an input is.
@@ -180,6 +190,19 @@ impl Graph {
             .enumerate()
             .filter_map(|(k, v)| v.id.map(|id| (id, k)))
             .collect();
+        // reach[i]: node i depends on a value in `wrt`; only those need gradients.
+        let mut reach = vec![false; start + 1];
+        {
+            let tape = self.tape.borrow();
+            for i in 0..=start {
+                reach[i] = want.contains_key(&i)
+                    || tape.nodes[i].as_ref().is_some_and(|n| {
+                        n.inputs
+                            .iter()
+                            .any(|v| v.id.is_some_and(|j| j < i && reach[j]))
+                    });
+            }
+        }
         let mut result: Vec<Option<Var>> = vec![None; wrt.len()];
         let mut grads: HashMap<usize, Var> = HashMap::new();
         grads.insert(start, seed);
@@ -207,7 +230,17 @@ impl Graph {
                 let Some((name, inputs, backward)) = node else {
                     continue;
                 };
-                let input_grads = backward(self, &inputs, &grad)?;
+                if !reach[i] {
+                    continue;
+                }
+                let needs: Vec<bool> = inputs
+                    .iter()
+                    .map(|v| v.id.is_some_and(|j| reach[j]))
+                    .collect();
+                *self.needs.borrow_mut() = needs.clone();
+                let input_grads = backward(self, &inputs, &grad);
+                self.needs.borrow_mut().clear();
+                let input_grads = input_grads?;
                 drop(backward);
                 if input_grads.len() != inputs.len() {
                     return Err(Error::Gpu(format!(
@@ -216,8 +249,8 @@ impl Graph {
                         inputs.len()
                     )));
                 }
-                for (inp, g) in inputs.iter().zip(input_grads) {
-                    let (Some(id), Some(g)) = (inp.id, g) else {
+                for ((inp, g), need) in inputs.iter().zip(input_grads).zip(needs) {
+                    let (Some(id), Some(g), true) = (inp.id, g, need) else {
                         continue;
                     };
                     if g.shape() != inp.shape() {

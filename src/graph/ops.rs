@@ -24,6 +24,11 @@ fn bw(f: impl Fn(&Graph, &[Var], &Var) -> Result<Vec<Option<Var>>> + 'static) ->
     Rc::new(f)
 }
 
+/// The gradient of input `k`, computed only when the reverse pass needs it.
+fn when(g: &Graph, k: usize, f: impl FnOnce() -> Result<Var>) -> Result<Option<Var>> {
+    if g.needs(k) { f().map(Some) } else { Ok(None) }
+}
+
 impl Graph {
     // ---- elementwise -------------------------------------------------------------------
 
@@ -69,8 +74,8 @@ impl Graph {
             &[a, b],
             bw(|g, i, d| {
                 Ok(vec![
-                    Some(g.sum_to(&g.mul(d, &i[1])?, i[0].shape())?),
-                    Some(g.sum_to(&g.mul(d, &i[0])?, i[1].shape())?),
+                    when(g, 0, || g.sum_to(&g.mul(d, &i[1])?, i[0].shape()))?,
+                    when(g, 1, || g.sum_to(&g.mul(d, &i[0])?, i[1].shape()))?,
                 ])
             }),
         ))
@@ -109,10 +114,9 @@ impl Graph {
             t,
             &[x, dy],
             bw(move |g, i, d| {
-                let gdy = g.mul(d, &i[1])?;
                 Ok(vec![
-                    Some(g.unary_grad2(&i[0], &gdy, op)?),
-                    Some(g.unary_grad(&i[0], d, op)?),
+                    when(g, 0, || g.unary_grad2(&i[0], &g.mul(d, &i[1])?, op))?,
+                    when(g, 1, || g.unary_grad(&i[0], d, op))?,
                 ])
             }),
         ))
@@ -206,29 +210,30 @@ impl Graph {
             &[a, b],
             bw(move |g, i, d| {
                 let (a, b) = (&i[0], &i[1]);
-                let (da, db) = match (ta, tb) {
-                    // C = A B:    dA = dC Bᵀ,  dB = Aᵀ dC
-                    (false, false) => (
-                        g.matmul(d, b, false, true, alpha)?,
-                        g.matmul(a, d, true, false, alpha)?,
-                    ),
-                    // C = A Bᵀ:   dA = dC B,   dB = dCᵀ A
-                    (false, true) => (
-                        g.matmul(d, b, false, false, alpha)?,
-                        g.matmul(d, a, true, false, alpha)?,
-                    ),
-                    // C = Aᵀ B:   dA = B dCᵀ,  dB = A dC
-                    (true, false) => (
-                        g.matmul(b, d, false, true, alpha)?,
-                        g.matmul(a, d, false, false, alpha)?,
-                    ),
-                    // C = Aᵀ Bᵀ:  dA = Bᵀ dCᵀ, dB = dCᵀ Aᵀ
-                    (true, true) => (
-                        g.matmul(b, d, true, true, alpha)?,
-                        g.matmul(d, a, true, true, alpha)?,
-                    ),
-                };
-                Ok(vec![Some(g.unbatch(da, a)?), Some(g.unbatch(db, b)?)])
+                let da = when(g, 0, || match (ta, tb) {
+                    // C = A B:    dA = dC Bᵀ
+                    (false, false) => g.matmul(d, b, false, true, alpha),
+                    // C = A Bᵀ:   dA = dC B
+                    (false, true) => g.matmul(d, b, false, false, alpha),
+                    // C = Aᵀ B:   dA = B dCᵀ
+                    (true, false) => g.matmul(b, d, false, true, alpha),
+                    // C = Aᵀ Bᵀ:  dA = Bᵀ dCᵀ
+                    (true, true) => g.matmul(b, d, true, true, alpha),
+                })?;
+                let db = when(g, 1, || match (ta, tb) {
+                    // C = A B:    dB = Aᵀ dC
+                    (false, false) => g.matmul(a, d, true, false, alpha),
+                    // C = A Bᵀ:   dB = dCᵀ A
+                    (false, true) => g.matmul(d, a, true, false, alpha),
+                    // C = Aᵀ B:   dB = A dC
+                    (true, false) => g.matmul(a, d, false, false, alpha),
+                    // C = Aᵀ Bᵀ:  dB = dCᵀ Aᵀ
+                    (true, true) => g.matmul(d, a, true, true, alpha),
+                })?;
+                Ok(vec![
+                    da.map(|da| g.unbatch(da, a)).transpose()?,
+                    db.map(|db| g.unbatch(db, b)).transpose()?,
+                ])
             }),
         ))
     }
@@ -280,13 +285,14 @@ impl Graph {
             bw(move |g, i, d| {
                 let (x, w) = (&i[0], &i[1]);
                 let mut grads = vec![
-                    Some(g.conv2d_input_grad(d, w, x.shape(), stride, pad)?),
-                    Some(g.conv2d_weight_grad(x, d, w.shape(), stride, pad)?),
+                    when(g, 0, || g.conv2d_input_grad(d, w, x.shape(), stride, pad))?,
+                    when(g, 1, || g.conv2d_weight_grad(x, d, w.shape(), stride, pad))?,
                 ];
                 if i.len() == 3 {
                     // dbias = Σ_{n,h,w} dy
-                    let s = g.sum(d, &[0, 2, 3])?;
-                    grads.push(Some(g.reshape(&s, i[2].shape())?));
+                    grads.push(when(g, 2, || {
+                        g.reshape(&g.sum(d, &[0, 2, 3])?, i[2].shape())
+                    })?);
                 }
                 Ok(grads)
             }),
@@ -310,8 +316,10 @@ impl Graph {
             bw(move |g, i, d| {
                 // d/d(dy) = conv(G, w);  d/dw = weight_grad(G, dy)
                 Ok(vec![
-                    Some(g.conv2d(d, &i[1], None, stride, pad)?),
-                    Some(g.conv2d_weight_grad(d, &i[0], i[1].shape(), stride, pad)?),
+                    when(g, 0, || g.conv2d(d, &i[1], None, stride, pad))?,
+                    when(g, 1, || {
+                        g.conv2d_weight_grad(d, &i[0], i[1].shape(), stride, pad)
+                    })?,
                 ])
             }),
         ))
@@ -334,8 +342,10 @@ impl Graph {
             bw(move |g, i, d| {
                 // d/dx = input_grad(dy, G);  d/d(dy) = conv(x, G)
                 Ok(vec![
-                    Some(g.conv2d_input_grad(&i[1], d, i[0].shape(), stride, pad)?),
-                    Some(g.conv2d(&i[0], d, None, stride, pad)?),
+                    when(g, 0, || {
+                        g.conv2d_input_grad(&i[1], d, i[0].shape(), stride, pad)
+                    })?,
+                    when(g, 1, || g.conv2d(&i[0], d, None, stride, pad))?,
                 ])
             }),
         ))

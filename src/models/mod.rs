@@ -1,6 +1,8 @@
-//! Models: the DDPM UNet (score and prox networks) and the MNIST classifier of the metric.
+//! Models: the DDPM UNet (score and prox networks), the learned proximal network (LPN) and the
+//! MNIST classifier of the metric.
 
 pub mod classifier;
+pub mod lpn;
 pub mod unet;
 
 pub use unet::{Model, ModelConfig, ModelKind, SdeConfig, UNetConfig};

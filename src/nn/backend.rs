@@ -16,12 +16,13 @@ pub trait Backend {
     fn add(&self, a: &Self::T, b: &Self::T) -> Result<Self::T>;
     fn silu(&self, x: &Self::T) -> Result<Self::T>;
     fn reshape(&self, x: &Self::T, shape: &[usize]) -> Result<Self::T>;
-    fn linear(&self, x: &Self::T, w: &Self::T, b: &Self::T) -> Result<Self::T>;
+    /// x Wᵀ (+ b): x (N, in), W (out, in), b (out).
+    fn linear(&self, x: &Self::T, w: &Self::T, b: Option<&Self::T>) -> Result<Self::T>;
     fn conv2d(
         &self,
         x: &Self::T,
         w: &Self::T,
-        b: &Self::T,
+        b: Option<&Self::T>,
         stride: usize,
         pad: usize,
     ) -> Result<Self::T>;
@@ -50,6 +51,16 @@ pub trait Backend {
     fn concat_cols(&self, a: &Self::T, b: &Self::T) -> Result<Self::T>;
     /// Inverted dropout (training only; `stream` distinguishes the layers).
     fn dropout(&self, x: &Self::T, p: f32, stream: u32) -> Result<Self::T>;
+    /// A value that is not a parameter (fixed weights, per-sample coefficients).
+    fn constant(&self, shape: &[usize], data: &[f32]) -> Result<Self::T>;
+    /// (1/β) ln(1 + e^{βx}).
+    fn softplus(&self, x: &Self::T, beta: f32) -> Result<Self::T>;
+    /// a·x.
+    fn scale(&self, x: &Self::T, a: f32) -> Result<Self::T>;
+    /// Elementwise product with broadcasting (as `add`).
+    fn mul(&self, a: &Self::T, b: &Self::T) -> Result<Self::T>;
+    /// Σ over every axis but the first: (N, …) → (N, 1).
+    fn sum_rows(&self, x: &Self::T) -> Result<Self::T>;
 }
 
 /// The GPU graph as a backend; dropout draws its masks from `dropout_seed` when set.
@@ -82,11 +93,11 @@ impl Backend for Gpu<'_> {
     fn reshape(&self, x: &Var, shape: &[usize]) -> Result<Var> {
         self.graph.reshape(x, shape)
     }
-    fn linear(&self, x: &Var, w: &Var, b: &Var) -> Result<Var> {
-        self.graph.linear(x, w, Some(b))
+    fn linear(&self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+        self.graph.linear(x, w, b)
     }
-    fn conv2d(&self, x: &Var, w: &Var, b: &Var, stride: usize, pad: usize) -> Result<Var> {
-        self.graph.conv2d(x, w, Some(b), stride, pad)
+    fn conv2d(&self, x: &Var, w: &Var, b: Option<&Var>, stride: usize, pad: usize) -> Result<Var> {
+        self.graph.conv2d(x, w, b, stride, pad)
     }
     fn group_norm(&self, x: &Var, gamma: &Var, beta: &Var, groups: usize) -> Result<Var> {
         self.graph.group_norm(x, gamma, beta, groups)
@@ -121,6 +132,27 @@ impl Backend for Gpu<'_> {
             Some(seed) => self.graph.dropout(x, p, seed, stream),
             None => Ok(x.clone()),
         }
+    }
+    fn constant(&self, shape: &[usize], data: &[f32]) -> Result<Var> {
+        Ok(self.graph.constant(crate::tensor::Tensor::from_slice(
+            self.graph.engine(),
+            shape,
+            data,
+        )?))
+    }
+    fn softplus(&self, x: &Var, beta: f32) -> Result<Var> {
+        self.graph.softplus(x, beta)
+    }
+    fn scale(&self, x: &Var, a: f32) -> Result<Var> {
+        self.graph.scale(x, a)
+    }
+    fn mul(&self, a: &Var, b: &Var) -> Result<Var> {
+        self.graph.mul(a, b)
+    }
+    fn sum_rows(&self, x: &Var) -> Result<Var> {
+        let axes: Vec<usize> = (1..x.shape().len()).collect();
+        let s = self.graph.sum(x, &axes)?;
+        self.graph.reshape(&s, &[x.shape()[0], 1])
     }
 }
 
@@ -187,7 +219,7 @@ impl Backend for Cpu {
         }
         Ok(HostTensor::new(shape, x.data.clone()))
     }
-    fn linear(&self, x: &HostTensor, w: &HostTensor, b: &HostTensor) -> Result<HostTensor> {
+    fn linear(&self, x: &HostTensor, w: &HostTensor, b: Option<&HostTensor>) -> Result<HostTensor> {
         let (n, fin, fout) = (x.shape[0], x.shape[1], w.shape[0]);
         if w.shape[1] != fin {
             return Err(Error::shape(
@@ -196,21 +228,24 @@ impl Backend for Cpu {
             ));
         }
         let mut y = matmul::cpu::matmul(&x.data, &w.data, n, fout, fin, false, true, 1.0);
-        y.iter_mut()
-            .enumerate()
-            .for_each(|(i, v)| *v += b.data[i % fout]);
+        if let Some(b) = b {
+            y.iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v += b.data[i % fout]);
+        }
         Ok(HostTensor::new(&[n, fout], y))
     }
     fn conv2d(
         &self,
         x: &HostTensor,
         w: &HostTensor,
-        b: &HostTensor,
+        b: Option<&HostTensor>,
         stride: usize,
         pad: usize,
     ) -> Result<HostTensor> {
         let (xs, ws) = (four("conv2d", &x.shape)?, four("conv2d", &w.shape)?);
-        let y = conv2d::cpu::conv2d(&x.data, xs, &w.data, ws, Some(&b.data), stride, pad);
+        let b = b.map(|b| &b.data[..]);
+        let y = conv2d::cpu::conv2d(&x.data, xs, &w.data, ws, b, stride, pad);
         let (ho, wo) = (
             conv2d::out_size(xs[2], ws[2], stride, pad),
             conv2d::out_size(xs[3], ws[3], stride, pad),
@@ -274,5 +309,46 @@ impl Backend for Cpu {
     }
     fn dropout(&self, x: &HostTensor, _p: f32, _stream: u32) -> Result<HostTensor> {
         Ok(x.clone())
+    }
+    fn constant(&self, shape: &[usize], data: &[f32]) -> Result<HostTensor> {
+        Ok(HostTensor::new(
+            shape,
+            data.iter().map(|&v| v as f64).collect(),
+        ))
+    }
+    fn softplus(&self, x: &HostTensor, beta: f32) -> Result<HostTensor> {
+        let op = UnaryOp::Softplus { beta };
+        Ok(HostTensor::new(
+            &x.shape,
+            x.data
+                .iter()
+                .map(|&v| elementwise::cpu::unary(v, op))
+                .collect(),
+        ))
+    }
+    fn scale(&self, x: &HostTensor, a: f32) -> Result<HostTensor> {
+        Ok(HostTensor::new(
+            &x.shape,
+            x.data.iter().map(|&v| v * a as f64).collect(),
+        ))
+    }
+    fn mul(&self, a: &HostTensor, b: &HostTensor) -> Result<HostTensor> {
+        let out = elementwise::broadcast_shape("mul", &a.shape, &b.shape)?;
+        let (pa, pb) = (
+            crate::ops::pad4("mul", &a.shape)?,
+            crate::ops::pad4("mul", &b.shape)?,
+        );
+        Ok(HostTensor::new(
+            &out,
+            elementwise::cpu::binary(&a.data, pa, &b.data, pb, BinaryOp::Mul),
+        ))
+    }
+    fn sum_rows(&self, x: &HostTensor) -> Result<HostTensor> {
+        let n = x.shape[0];
+        let m = x.data.len() / n.max(1);
+        Ok(HostTensor::new(
+            &[n, 1],
+            x.data.chunks(m.max(1)).map(|r| r.iter().sum()).collect(),
+        ))
     }
 }

@@ -50,7 +50,7 @@ impl Backend for Flops {
     fn reshape(&self, _: &Vec<usize>, shape: &[usize]) -> Result<Vec<usize>> {
         Ok(shape.to_vec())
     }
-    fn linear(&self, x: &Vec<usize>, w: &Vec<usize>, _: &Vec<usize>) -> Result<Vec<usize>> {
+    fn linear(&self, x: &Vec<usize>, w: &Vec<usize>, _: Option<&Vec<usize>>) -> Result<Vec<usize>> {
         rank("linear", x, 2)?;
         self.add_flops(2 * x[0] * w[0] * w[1]);
         Ok(vec![x[0], w[0]])
@@ -59,7 +59,7 @@ impl Backend for Flops {
         &self,
         x: &Vec<usize>,
         w: &Vec<usize>,
-        _: &Vec<usize>,
+        _: Option<&Vec<usize>>,
         stride: usize,
         pad: usize,
     ) -> Result<Vec<usize>> {
@@ -102,5 +102,20 @@ impl Backend for Flops {
     }
     fn dropout(&self, x: &Vec<usize>, _: f32, _: u32) -> Result<Vec<usize>> {
         Ok(x.clone())
+    }
+    fn constant(&self, shape: &[usize], _: &[f32]) -> Result<Vec<usize>> {
+        Ok(shape.to_vec())
+    }
+    fn softplus(&self, x: &Vec<usize>, _: f32) -> Result<Vec<usize>> {
+        Ok(x.clone())
+    }
+    fn scale(&self, x: &Vec<usize>, _: f32) -> Result<Vec<usize>> {
+        Ok(x.clone())
+    }
+    fn mul(&self, a: &Vec<usize>, b: &Vec<usize>) -> Result<Vec<usize>> {
+        self.add(a, b)
+    }
+    fn sum_rows(&self, x: &Vec<usize>) -> Result<Vec<usize>> {
+        Ok(vec![x[0], 1])
     }
 }

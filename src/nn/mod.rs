@@ -48,6 +48,30 @@ impl ParamBuilder {
         self.push(name, shape, v)
     }
 
+    /// U(±bound).
+    pub fn uniform(&mut self, name: String, shape: &[usize], bound: f64) -> usize {
+        let n = shape.iter().product();
+        let v = (0..n)
+            .map(|_| self.rng.random_range(-bound..bound) as f32)
+            .collect();
+        self.push(name, shape, v)
+    }
+
+    /// exp(N(mean, std²)): small positive values (the LPN's non-negative weights).
+    pub fn log_normal(&mut self, name: String, shape: &[usize], mean: f64, std: f64) -> usize {
+        let n = shape.iter().product();
+        let v = (0..n)
+            .map(|_| {
+                // Box–Muller.
+                let u1: f64 = 1.0 - self.rng.random::<f64>();
+                let u2: f64 = self.rng.random::<f64>();
+                let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                (mean + std * z).exp() as f32
+            })
+            .collect();
+        self.push(name, shape, v)
+    }
+
     pub fn constant(&mut self, name: String, shape: &[usize], value: f32) -> usize {
         self.push(name, shape, vec![value; shape.iter().product()])
     }
@@ -103,7 +127,7 @@ impl Linear {
     }
 
     pub fn forward<B: Backend>(&self, be: &B, p: &[B::T], x: &B::T) -> Result<B::T> {
-        be.linear(x, &p[self.w], &p[self.b])
+        be.linear(x, &p[self.w], Some(&p[self.b]))
     }
 }
 
@@ -137,7 +161,7 @@ impl Conv2d {
     }
 
     pub fn forward<B: Backend>(&self, be: &B, p: &[B::T], x: &B::T) -> Result<B::T> {
-        be.conv2d(x, &p[self.w], &p[self.b], self.stride, self.pad)
+        be.conv2d(x, &p[self.w], Some(&p[self.b]), self.stride, self.pad)
     }
 }
 

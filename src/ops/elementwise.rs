@@ -55,6 +55,8 @@ pub enum UnaryOp {
         threshold: f32,
         value: f32,
     },
+    /// max(x, 0) (the LPN's clip of its non-negative weights).
+    Relu,
 }
 
 impl UnaryOp {
@@ -69,6 +71,7 @@ impl UnaryOp {
             UnaryOp::Exp => (6, 0.0, 0.0),
             UnaryOp::Square => (7, 0.0, 0.0),
             UnaryOp::Step { threshold, value } => (8, threshold, value),
+            UnaryOp::Relu => (9, 0.0, 0.0),
         }
     }
 }
@@ -333,6 +336,7 @@ pub mod cpu {
                     0.0
                 }
             }
+            UnaryOp::Relu => x.max(0.0),
         }
     }
 
@@ -348,6 +352,13 @@ pub mod cpu {
             UnaryOp::Exp => x.exp(),
             UnaryOp::Square => 2.0 * x,
             UnaryOp::Step { .. } => 0.0,
+            UnaryOp::Relu => unary(
+                x,
+                UnaryOp::Step {
+                    threshold: 0.0,
+                    value: 1.0,
+                },
+            ),
         }
     }
 
@@ -431,7 +442,8 @@ mod tests {
     use super::*;
     use crate::ops::testing::*;
 
-    const OPS: [UnaryOp; 9] = [
+    const OPS: [UnaryOp; 10] = [
+        UnaryOp::Relu,
         UnaryOp::Step {
             threshold: 0.3,
             value: 2.0,
