@@ -93,7 +93,7 @@ impl LpnConfig {
         if self.arch == LpnArch::Mlp && self.layers == 0 {
             return bad("lpn.layers must be ≥ 1".into());
         }
-        if !(self.beta > 0.0) || !(self.alpha >= 0.0) {
+        if self.beta.is_nan() || self.beta <= 0.0 || self.alpha.is_nan() || self.alpha < 0.0 {
             return bad(format!(
                 "need β > 0 and α ≥ 0, got β = {}, α = {}",
                 self.beta, self.alpha
