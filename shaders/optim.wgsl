@@ -9,6 +9,10 @@ struct Params {
     eps: f32,
     weight_decay: f32,
     decay: f32,       // EMA decay
+    nonneg: u32,      // 1: project the new weights onto θ ≥ 0 (an LPN's constrained weights)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -19,7 +23,8 @@ struct Params {
 @group(0) @binding(5) var<storage, read> src: array<f32>;           // (n) EMA source (live weights)
 @group(0) @binding(6) var<storage, read_write> ema: array<f32>;     // (n) EMA weights
 
-// Updates the moments of element i and returns the new θ = θ - lr (m̂ / (√v̂ + ε) + wd θ).
+// Updates the moments of element i and returns the new θ = θ - lr (m̂ / (√v̂ + ε) + wd θ),
+// projected onto θ ≥ 0 when asked (so the EMA below only ever sees feasible weights).
 fn adamw_at(i: u32) -> f32 {
     let g = grad[i];
     let mi = p.beta1 * m[i] + (1.0 - p.beta1) * g;
@@ -30,7 +35,9 @@ fn adamw_at(i: u32) -> f32 {
     let mh = mi / (1.0 - pow(p.beta1, t));
     let vh = vi / (1.0 - pow(p.beta2, t));
     let w = param[i];
-    return w - p.lr * (mh / (sqrt(vh) + p.eps) + p.weight_decay * w);
+    let next = w - p.lr * (mh / (sqrt(vh) + p.eps) + p.weight_decay * w);
+    if (p.nonneg != 0u) { return max(next, 0.0); }
+    return next;
 }
 
 @compute @workgroup_size(256)

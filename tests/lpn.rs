@@ -426,3 +426,189 @@ fn conv_lpn_layout_follows_the_reference() {
     let got = lpn.forward_flops().unwrap();
     assert!((got - want).abs() < 1e-6 * want, "FLOPs {got} vs {want}");
 }
+
+// ---- training -------------------------------------------------------------------------
+
+use proxdm::diffusion::train::{Net, RunConfig, SplitMix, TrainConfig, Trainer};
+use proxdm::io::datasets::Images;
+use proxdm::models::ModelKind;
+
+fn lpn_run(lpn: LpnConfig, train: TrainConfig) -> RunConfig {
+    RunConfig {
+        kind: ModelKind::Lpn,
+        unet: Default::default(),
+        sde: Default::default(),
+        lpn: Some(lpn),
+        train,
+    }
+}
+
+/// 12×12 images (cropped to the LPN's 8×8 by the trainer): a bright bar on a dark background.
+fn bars(n: usize) -> Images {
+    let mut rng = SplitMix::new(5);
+    let mut data = Vec::with_capacity(n * 144);
+    for _ in 0..n {
+        let (vertical, at) = (rng.below(2) == 0, 2 + rng.below(8));
+        for y in 0..12 {
+            for x in 0..12 {
+                let on = if vertical { x == at } else { y == at };
+                data.push(if on { 1.0 } else { -1.0 });
+            }
+        }
+    }
+    Images {
+        shape: [n, 1, 12, 12],
+        data,
+        labels: None,
+    }
+}
+
+/// Points on a circle of radius 1 (2D data for the MLP LPN, stored as (N, 2, 1, 1)).
+fn circle(n: usize) -> Images {
+    let data = (0..n)
+        .flat_map(|i| {
+            let a = i as f32 * 2.399;
+            [a.cos(), a.sin()]
+        })
+        .collect();
+    Images {
+        shape: [n, 2, 1, 1],
+        data,
+        labels: None,
+    }
+}
+
+fn mean(v: &[f32]) -> f32 {
+    v.iter().sum::<f32>() / v.len() as f32
+}
+
+#[test]
+fn training_a_denoising_lpn_lowers_the_loss_and_keeps_psi_convex() {
+    let e = engine();
+    let data = bars(64);
+    let cfg = lpn_run(
+        LpnConfig {
+            hidden: 8,
+            ..conv()
+        },
+        TrainConfig {
+            batch: 16,
+            iters: 40,
+            l1_iters: 20,
+            l1_lr: 1e-2,
+            pm_lr: 1e-3,
+            zeta_start: 0.5,
+            zeta_stages: 2,
+            sigma: 0.3,
+            ema_decay: 0.9,
+            ..Default::default()
+        },
+    );
+    let mut tr = Trainer::new(&e, cfg, &data).unwrap();
+    let losses: Vec<f32> = (0..20).map(|_| tr.step().unwrap().loss).collect();
+    let (head, tail) = (mean(&losses[..5]), mean(&losses[15..]));
+    assert!(
+        tail < 0.8 * head,
+        "L1 loss {head} → {tail}: the LPN does not learn"
+    );
+    for _ in 20..40 {
+        assert!(tr.step().unwrap().loss.is_finite());
+    }
+    // The constrained weights stayed non-negative, in the live weights and in the EMA.
+    let Net::Lpn(lpn) = &tr.model else {
+        panic!("an LPN run")
+    };
+    for (k, store) in [&tr.store, &tr.ema_store()].into_iter().enumerate() {
+        let host: Vec<Vec<f32>> = store
+            .tensors()
+            .iter()
+            .map(|t| t.to_vec().unwrap())
+            .collect();
+        assert_eq!(lpn.check_nonneg(&host), None);
+        let zeros: usize = lpn
+            .nonneg
+            .iter()
+            .map(|&i| host[i].iter().filter(|&&v| v == 0.0).count())
+            .sum();
+        // The live weights: Adam pushed some below zero, the step projected them back.
+        assert!(k == 1 || zeros > 0, "no weight was projected");
+    }
+    // The saved EMA weights load as an LPN and give the same f.
+    let path = std::env::temp_dir().join(format!("proxdm-lpn-{}.safetensors", std::process::id()));
+    tr.save_model(&path).unwrap();
+    let (back, st) = proxdm::io::weights::load_lpn(&path, &e).unwrap();
+    let kind = proxdm::io::weights::kind(&path).unwrap();
+    std::fs::remove_file(&path).ok();
+    assert_eq!(
+        kind,
+        proxdm::io::weights::Kind::Lpn(back.config.clone(), Some("denoise sigma=0.3".into()))
+    );
+    let y = vals(2 * 64, 9, -1.0, 1.0);
+    let a = gpu_f(&e, &back, &st, &y, 2, None);
+    let b = gpu_f(&e, lpn, &tr.ema_store(), &y, 2, None);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn a_conditioned_mlp_lpn_learns_the_prox_objective() {
+    let e = engine();
+    let data = circle(256);
+    let cfg = lpn_run(
+        LpnConfig {
+            hidden: 32,
+            ..mlp(true)
+        },
+        TrainConfig {
+            batch: 64,
+            iters: 60,
+            l1_iters: 60,
+            l1_lr: 5e-3,
+            step_candidates: vec![5],
+            ..Default::default()
+        },
+    );
+    let cfg = RunConfig {
+        lpn: Some(LpnConfig {
+            in_ch: 2,
+            ..cfg.lpn()
+        }),
+        ..cfg
+    };
+    let mut tr = Trainer::new(&e, cfg, &data).unwrap();
+    let losses: Vec<f32> = (0..60).map(|_| tr.step().unwrap().loss).collect();
+    let (head, tail) = (mean(&losses[..10]), mean(&losses[50..]));
+    assert!(
+        tail < 0.9 * head,
+        "L1 loss on ε {head} → {tail}: the LPN does not learn"
+    );
+}
+
+#[test]
+fn lpn_runs_refuse_data_that_does_not_fit() {
+    let e = engine();
+    let cfg = lpn_run(conv(), TrainConfig::default());
+    let err = Trainer::new(&e, cfg, &circle(4)).err().unwrap().to_string();
+    assert!(
+        err.contains("does not fit the LPN") && err.contains("8×8"),
+        "{err}"
+    );
+    let odd = Images {
+        shape: [2, 1, 11, 11],
+        data: vec![0.0; 242],
+        labels: None,
+    };
+    let err = Trainer::new(&e, lpn_run(conv(), TrainConfig::default()), &odd)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("even margin"), "{err}");
+    // A UNet's weights are not an LPN, and an LPN file is not a UNet.
+    let bad = RunConfig {
+        lpn: Some(LpnConfig {
+            beta: 0.0,
+            ..conv()
+        }),
+        ..lpn_run(conv(), TrainConfig::default())
+    };
+    assert!(bad.validate().unwrap_err().to_string().contains("β > 0"));
+}

@@ -33,6 +33,7 @@ fn tiny(kind: ModelKind, train: TrainConfig) -> RunConfig {
             in_ch: 1,
         },
         sde: SdeConfig::default(),
+        lpn: None,
         train,
     }
 }
@@ -505,7 +506,7 @@ fn a_training_step_matches_the_cpu_reference() {
     for i in 0..names.len() {
         let mut p: Vec<f64> = theta0[i].iter().map(|&v| v as f64).collect();
         let (mut mm, mut vv) = (vec![0.0; p.len()], vec![0.0; p.len()]);
-        optim::cpu::adamw_step(&adam, 1, &mut p, &host_grads[i], &mut mm, &mut vv);
+        optim::cpu::adamw_step(&adam, 1, &mut p, &host_grads[i], &mut mm, &mut vv, false);
         let got = tr.store.tensors()[i].to_vec().unwrap();
         let got_ema = ema.tensors()[i].to_vec().unwrap();
         for j in 0..p.len() {

@@ -109,6 +109,7 @@ pub fn draw(engine: &Engine, args: &SampleArgs) -> Result<([usize; 4], Vec<f32>)
         match kind {
             ModelKind::Prox => "prox-hybrid",
             ModelKind::Score => "score-em-denoise",
+            ModelKind::Lpn => unreachable!("weights::load refuses LPN files"),
         }
         .to_string()
     });

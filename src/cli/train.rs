@@ -176,11 +176,7 @@ pub fn run(engine: &Engine, args: &TrainArgs) -> Result<String> {
         ));
         if s.iter % every == 0 || s.iter == stop {
             tr.save_checkpoint(&ckpt)?;
-            crate::io::weights::save(
-                &args.out.join("model.safetensors"),
-                &tr.cfg.model(),
-                &tr.ema_store(),
-            )?;
+            tr.save_model(&args.out.join("model.safetensors"))?;
             if args.quiet {
                 eprintln!(
                     "[train] step {} loss {:.4} ({kind}) checkpoint written",

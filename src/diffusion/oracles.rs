@@ -5,6 +5,7 @@ use super::samplers::{ProxOracle, ScoreOracle};
 use crate::error::Result;
 use crate::graph::{Graph, ParamStore};
 use crate::models::Model;
+use crate::models::lpn::Lpn;
 use crate::ops::elementwise;
 use crate::tensor::Tensor;
 
@@ -43,6 +44,24 @@ impl ProxOracle for Network<'_> {
             )?
             .tensor()
             .clone())
+    }
+}
+
+/// A learned proximal network conditioned on (t, λ): prox_{−λ ln p_t}(y) = f(y) = ∇ψ(y; t, λ).
+pub struct LpnNetwork<'a> {
+    pub lpn: &'a Lpn,
+    pub params: &'a ParamStore,
+}
+
+impl ProxOracle for LpnNetwork<'_> {
+    fn prox(&self, y: &Tensor, t: f32, lambda: f32) -> Result<Tensor> {
+        // f is a gradient: the graph records ψ, then the reverse pass gives f (and frees it).
+        let g = Graph::new(y.engine());
+        let p = self.params.vars(&g);
+        let n = y.shape()[0];
+        let (ts, ls) = (vec![t; n], vec![lambda; n]);
+        let f = self.lpn.prox(&g, &p, y, Some((&ts, &ls)), false)?;
+        Ok(f.tensor().clone())
     }
 }
 

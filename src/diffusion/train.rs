@@ -21,6 +21,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, ParamStore};
 use crate::io::datasets::Images;
+use crate::models::lpn::{Lpn, LpnArch, LpnConfig};
 use crate::models::{Model, ModelConfig, ModelKind, SdeConfig, UNetConfig};
 use crate::nn::Gpu;
 use crate::nn::optim::{AdamW, Optimizer};
@@ -68,6 +69,10 @@ pub struct TrainConfig {
     pub grad_clip: Option<f32>,
     /// Steps between checkpoints.
     pub checkpoint_every: usize,
+    /// LPN denoiser (unconditioned) only: the noise std of y = x + σz, on the data's scale.
+    pub sigma: f32,
+    /// LPN denoiser only: draw σ uniformly in [sigma, sigma_max] per image instead.
+    pub sigma_max: Option<f32>,
 }
 
 impl Default for TrainConfig {
@@ -91,6 +96,8 @@ impl Default for TrainConfig {
             ema_decay: 0.9999,
             grad_clip: None,
             checkpoint_every: 200,
+            sigma: 0.2,
+            sigma_max: None,
         }
     }
 }
@@ -104,11 +111,29 @@ pub struct RunConfig {
     pub unet: UNetConfig,
     #[serde(default)]
     pub sde: SdeConfig,
+    /// The network when `kind = "lpn"` (the reference's MNIST LPN when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lpn: Option<LpnConfig>,
     #[serde(default)]
     pub train: TrainConfig,
 }
 
 impl RunConfig {
+    /// The LPN's config (`kind = "lpn"`).
+    pub fn lpn(&self) -> LpnConfig {
+        self.lpn.clone().unwrap_or_default()
+    }
+
+    /// Whether the run trains a prox network for ProxDM samplers on (t, λ) draws: a prox UNet
+    /// or a conditioned LPN (an unconditioned LPN is a denoiser at noise level σ).
+    pub fn trains_prox(&self) -> bool {
+        match self.kind {
+            ModelKind::Prox => true,
+            ModelKind::Lpn => self.lpn().cond,
+            ModelKind::Score => false,
+        }
+    }
+
     pub fn model(&self) -> ModelConfig {
         ModelConfig {
             kind: self.kind,
@@ -135,7 +160,10 @@ impl RunConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        self.model().validate()?;
+        match self.kind {
+            ModelKind::Lpn => self.lpn().validate()?,
+            _ => self.model().validate()?,
+        }
         let t = &self.train;
         let bad = |m: &str| Err(Error::Config(format!("[train] {m}")));
         if t.batch == 0 || t.iters == 0 || t.checkpoint_every == 0 {
@@ -144,7 +172,13 @@ impl RunConfig {
         if t.grad_clip.is_some_and(|c| c.is_nan() || c <= 0.0) {
             return bad("grad_clip must be positive");
         }
-        if self.kind == ModelKind::Prox {
+        if self.kind == ModelKind::Lpn && !self.lpn().cond {
+            let hi = t.sigma_max.unwrap_or(t.sigma);
+            if !(t.sigma > 0.0 && hi >= t.sigma && hi.is_finite()) {
+                return bad("an LPN denoiser needs 0 < sigma ≤ sigma_max");
+            }
+        }
+        if self.kind != ModelKind::Score {
             if t.l1_iters > t.iters {
                 return bad("l1_iters must not exceed iters");
             }
@@ -152,10 +186,11 @@ impl RunConfig {
                 return bad("zeta_stages must be ≥ 1 and zeta_start > 0");
             }
             let c = self.candidates();
-            if c.is_empty() || c.contains(&0) {
+            if self.trains_prox() && (c.is_empty() || c.contains(&0)) {
                 return bad("step_candidates must be positive step counts");
             }
-            if t.discretization == Discretization::Backward
+            if self.trains_prox()
+                && t.discretization == Discretization::Backward
                 && let Some(n) = c.iter().find(|&&n| n < 10)
             {
                 return bad(&format!(
@@ -188,8 +223,8 @@ pub fn schedule(cfg: &RunConfig, it: usize) -> (Loss, f32) {
             };
             (Loss::Mse, lr)
         }
-        ModelKind::Prox if it <= t.l1_iters => (Loss::L1, t.l1_lr),
-        ModelKind::Prox => {
+        ModelKind::Prox | ModelKind::Lpn if it <= t.l1_iters => (Loss::L1, t.l1_lr),
+        ModelKind::Prox | ModelKind::Lpn => {
             let k = it - t.l1_iters - 1;
             let every = ((t.iters - t.l1_iters) / t.zeta_stages).max(1);
             let stage = (k / every).min(t.zeta_stages - 1);
@@ -274,10 +309,41 @@ pub struct StepStats {
     pub lr: f32,
 }
 
+/// The network a run trains.
+pub enum Net {
+    /// A score or prox UNet.
+    Unet(Model),
+    Lpn(Lpn),
+}
+
+impl Net {
+    /// Builds the run's network with parameters initialised from `seed`.
+    pub fn build(cfg: &RunConfig, seed: u64) -> Result<(Net, crate::nn::ParamBuilder)> {
+        Ok(match cfg.kind {
+            ModelKind::Lpn => {
+                let (l, pb) = Lpn::build(&cfg.lpn(), seed)?;
+                (Net::Lpn(l), pb)
+            }
+            _ => {
+                let (m, pb) = Model::build(&cfg.model(), seed)?;
+                (Net::Unet(m), pb)
+            }
+        })
+    }
+
+    /// FLOPs of one forward on one input of side `size` (ψ for an LPN).
+    pub fn forward_flops(&self, size: usize) -> Result<f64> {
+        match self {
+            Net::Unet(m) => m.forward_flops(size),
+            Net::Lpn(l) => l.forward_flops(),
+        }
+    }
+}
+
 /// A model being trained: weights, optimiser (with the EMA), data, and the step count.
 pub struct Trainer<'d> {
     pub cfg: RunConfig,
-    pub model: Model,
+    pub model: Net,
     pub store: ParamStore,
     pub opt: Optimizer,
     data: &'d Images,
@@ -295,9 +361,12 @@ impl<'d> Trainer<'d> {
     pub fn new(engine: &Engine, cfg: RunConfig, data: &'d Images) -> Result<Self> {
         cfg.validate()?;
         check_data(&cfg, data)?;
-        let (model, pb) = Model::build(&cfg.model(), cfg.train.seed)?;
+        let (model, pb) = Net::build(&cfg, cfg.train.seed)?;
         let store = pb.finish(engine)?;
-        let opt = Optimizer::new(&store, adamw(&cfg), Some(cfg.train.ema_decay))?;
+        let mut opt = Optimizer::new(&store, adamw(&cfg), Some(cfg.train.ema_decay))?;
+        if let Net::Lpn(l) = &model {
+            opt.nonneg = l.nonneg.clone();
+        }
         Ok(Trainer {
             cfg,
             model,
@@ -330,21 +399,46 @@ impl<'d> Trainer<'d> {
             .collect()
     }
 
+    /// The clean batch at `idx`, shaped for the network: an LPN's images centre-cropped to its
+    /// size (MNIST's 32×32 padding back to 28×28), an MLP's points as (N, d).
+    fn batch(&self, idx: &[usize]) -> (Vec<usize>, Vec<f32>) {
+        let x = self.data.gather(idx);
+        let [_, c, h, w] = self.data.shape;
+        let b = idx.len();
+        match &self.model {
+            Net::Lpn(l) if l.config.arch == LpnArch::Mlp => (vec![b, c * h * w], x),
+            Net::Lpn(l) if l.config.size != h => {
+                let s = l.config.size;
+                (vec![b, c, s, s], center_crop([b, c, h, w], &x, s))
+            }
+            _ => (vec![b, c, h, w], x),
+        }
+    }
+
     /// The host-side draws of step `it` (0-based): image indices, t and λ per example (λ = 0
-    /// for a score model). The Gaussian noise is Philox: z₁ on stream 3·it + 1, z₂ on 3·it + 2,
+    /// for a score model; t = 0 and λ = σ² for an LPN denoiser, whose y = x + σz is the prox
+    /// problem at t = 0). The Gaussian noise is Philox: z₁ on stream 3·it + 1, z₂ on 3·it + 2,
     /// keyed by the seed.
     pub fn draws(&mut self, it: usize) -> Draws {
         let idx = self.batch_indices(it);
         let mut rng = SplitMix::new(self.cfg.train.seed ^ 0x7a11 ^ ((it as u64) << 24));
         let (sde, b) = (self.cfg.sde, idx.len());
+        let tr = &self.cfg.train;
         let (t, lambda) = match self.cfg.kind {
-            ModelKind::Prox => {
+            _ if self.cfg.trains_prox() => {
                 let cands = self.cfg.candidates();
                 (0..b)
-                    .map(|_| draw_t_lambda(&sde, &cands, self.cfg.train.discretization, &mut rng))
+                    .map(|_| draw_t_lambda(&sde, &cands, tr.discretization, &mut rng))
                     .unzip()
             }
-            ModelKind::Score => (0..b).map(|_| (rng.uniform(), 0.0)).unzip(),
+            ModelKind::Lpn => (0..b)
+                .map(|_| {
+                    let hi = tr.sigma_max.unwrap_or(tr.sigma) as f64;
+                    let s = tr.sigma as f64 + (hi - tr.sigma as f64) * rng.uniform();
+                    (0.0, s * s)
+                })
+                .unzip(),
+            _ => (0..b).map(|_| (rng.uniform(), 0.0)).unzip(),
         };
         Draws { idx, t, lambda }
     }
@@ -355,15 +449,16 @@ impl<'d> Trainer<'d> {
         let e = self.store.tensors()[0].engine().clone();
         let (kind, _) = schedule(&self.cfg, it + 1);
         let Draws { idx, t: ts, lambda } = self.draws(it);
-        let [_, c, h, w] = self.data.shape;
         let b = idx.len();
-        let shape = [b, c, h, w];
-        let x0 = Tensor::from_slice(&e, &shape, &self.data.gather(&idx))?;
+        let (shape, x0) = self.batch(&idx);
+        let x0 = Tensor::from_slice(&e, &shape, &x0)?;
         let seed = self.cfg.train.seed;
         let stream = (it as u32).wrapping_mul(3);
         let z1 = noise::randn(&e, &shape, seed, stream.wrapping_add(1))?;
         let sde = self.cfg.sde;
-        let col = |v: Vec<f32>| Tensor::from_slice(&e, &[b, 1, 1, 1], &v);
+        let mut col_shape = vec![1; shape.len()];
+        col_shape[0] = b;
+        let col = |v: Vec<f32>| Tensor::from_slice(&e, &col_shape, &v);
         let sa = col(ts.iter().map(|&t| sde.alpha(t).sqrt() as f32).collect())?;
         let sb = col(ts
             .iter()
@@ -372,7 +467,7 @@ impl<'d> Trainer<'d> {
         let xt = elementwise::add(&elementwise::mul(&x0, &sa)?, &elementwise::mul(&z1, &sb)?)?;
         let t = Tensor::from_slice(&e, &[b], &ts.iter().map(|&t| t as f32).collect::<Vec<_>>())?;
         let (input, target, lam) = match self.cfg.kind {
-            ModelKind::Prox => {
+            ModelKind::Prox | ModelKind::Lpn => {
                 let z2 = noise::randn(&e, &shape, seed, stream.wrapping_add(2))?;
                 let sl = col(lambda.iter().map(|&l| l.sqrt() as f32).collect())?;
                 let y = elementwise::add(&xt, &elementwise::mul(&z2, &sl)?)?;
@@ -387,12 +482,39 @@ impl<'d> Trainer<'d> {
         };
         let g = Graph::new(&e);
         let p = self.store.vars(&g);
+        if let Net::Lpn(lpn) = &self.model {
+            // f = ∇_y ψ(y), kept differentiable: the loss's gradient is the second-order pass.
+            let tl32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+            let (t32, l32) = (tl32(&ts), tl32(&lambda));
+            let cond = lpn.config.cond.then_some((&t32[..], &l32[..]));
+            let f = lpn.prox(&g, &p, &input, cond, true)?;
+            let (out, target) = if lpn.config.cond {
+                // As the prox UNet: compare g = (y − f(y))/√λ with z₂.
+                let inv = col(lambda.iter().map(|&l| (1.0 / l.sqrt()) as f32).collect())?;
+                let g_out = g.mul(&g.sub(&g.constant(input), &f)?, &g.constant(inv))?;
+                (g_out, target)
+            } else {
+                // A denoiser: compare f(y) with the clean image (the LPN paper's objective).
+                (f, x0)
+            };
+            let loss = g.loss(kind, &out, &g.constant(target))?;
+            let refs: Vec<_> = p.iter().collect();
+            let grads = g
+                .backward(&loss, &refs, false)?
+                .into_iter()
+                .map(|d| d.map(|d| d.tensor().clone()))
+                .collect();
+            return Ok((loss.tensor().clone(), grads));
+        }
+        let Net::Unet(model) = &self.model else {
+            unreachable!("LPN handled above")
+        };
         let be = Gpu {
             graph: &g,
             dropout_seed: Some(seed ^ 0xd209 ^ ((it as u64) << 16)),
         };
         let lam_var = lam.map(|l| g.constant(l));
-        let out = self.model.eps(
+        let out = model.eps(
             &be,
             &p,
             &g.constant(input),
@@ -448,6 +570,26 @@ impl<'d> Trainer<'d> {
         s
     }
 
+    /// Writes the EMA weights (what samples) as a self-contained weight file, atomically.
+    pub fn save_model(&self, path: &Path) -> Result<()> {
+        let ema = self.ema_store();
+        match self.cfg.kind {
+            ModelKind::Lpn => {
+                let t = &self.cfg.train;
+                let trained = if self.cfg.trains_prox() {
+                    format!("prox ({:?})", t.discretization).to_lowercase()
+                } else {
+                    match t.sigma_max {
+                        Some(hi) => format!("denoise sigma={}..{hi}", t.sigma),
+                        None => format!("denoise sigma={}", t.sigma),
+                    }
+                };
+                crate::io::weights::save_lpn(path, &self.cfg.lpn(), &trained, &ema)
+            }
+            _ => crate::io::weights::save(path, &self.cfg.model(), &ema),
+        }
+    }
+
     /// Writes the checkpoint (weights, AdamW moments, EMA, step, config) atomically.
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
         let (m, v) = self.opt.moments();
@@ -459,11 +601,18 @@ impl<'d> Trainer<'d> {
             all.insert(format!("opt.v.{name}"), v[i].clone());
             all.insert(format!("ema.{name}"), ema[i].clone());
         }
-        let meta = HashMap::from([
-            (
+        let model_meta = match self.cfg.kind {
+            ModelKind::Lpn => (
+                crate::io::weights::LPN_KEY.to_string(),
+                serde_json::to_string(&self.cfg.lpn()).expect("serialises"),
+            ),
+            _ => (
                 crate::io::weights::CONFIG_KEY.to_string(),
                 serde_json::to_string(&self.cfg.model()).expect("serialises"),
             ),
+        };
+        let meta = HashMap::from([
+            model_meta,
             (
                 RUN_KEY.to_string(),
                 serde_json::to_string(&self.cfg).expect("serialises"),
@@ -571,8 +720,50 @@ fn adamw(cfg: &RunConfig) -> AdamW {
     }
 }
 
+/// Centre crop of (N, C, H, W) images to `side` × `side` (`H − side` and `W − side` even).
+pub fn center_crop(shape: [usize; 4], data: &[f32], side: usize) -> Vec<f32> {
+    let [n, c, h, w] = shape;
+    let (oy, ox) = ((h - side) / 2, (w - side) / 2);
+    let mut out = Vec::with_capacity(n * c * side * side);
+    for plane in 0..n * c {
+        for y in 0..side {
+            let row = (plane * h + oy + y) * w + ox;
+            out.extend_from_slice(&data[row..row + side]);
+        }
+    }
+    out
+}
+
 fn check_data(cfg: &RunConfig, data: &Images) -> Result<()> {
     let [n, c, h, w] = data.shape;
+    if cfg.kind == ModelKind::Lpn {
+        let l = cfg.lpn();
+        let fits = match l.arch {
+            LpnArch::Mlp => c * h * w == l.in_ch,
+            LpnArch::Conv => {
+                c == l.in_ch && h == w && h >= l.size && (h - l.size).is_multiple_of(2)
+            }
+        };
+        if n == 0 || !fits {
+            return Err(Error::Config(format!(
+                "data of shape {:?} does not fit the LPN ({}): give {}",
+                data.shape,
+                match l.arch {
+                    LpnArch::Mlp => format!("MLP on R^{}", l.in_ch),
+                    LpnArch::Conv => format!("{} channel(s), {}×{}", l.in_ch, l.size, l.size),
+                },
+                match l.arch {
+                    LpnArch::Mlp => format!("{}-dimensional points", l.in_ch),
+                    LpnArch::Conv => format!(
+                        "square images of {} channel(s), {} pixels or larger by an even \
+                         margin (centre-cropped)",
+                        l.in_ch, l.size
+                    ),
+                }
+            )));
+        }
+        return Ok(());
+    }
     let div = 1usize << (cfg.unet.ch_mult.len() - 1);
     if n == 0 || c != cfg.unet.in_ch || h % div != 0 || w % div != 0 {
         return Err(Error::Config(format!(

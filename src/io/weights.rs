@@ -10,11 +10,98 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::graph::ParamStore;
+use crate::models::lpn::{Lpn, LpnConfig};
 use crate::models::{Model, ModelConfig};
 use crate::tensor::Tensor;
 
 /// Metadata key holding the model config as JSON.
 pub const CONFIG_KEY: &str = "proxdm.config";
+/// Metadata key holding an LPN's config as JSON (instead of `proxdm.config`).
+pub const LPN_KEY: &str = "proxdm.lpn";
+/// Metadata key: what an LPN was trained for ("denoise σ=…" or "prox").
+pub const TRAINED_KEY: &str = "proxdm.trained";
+
+/// What a weight file holds, from its metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kind {
+    /// A score or prox UNet (or a file without proxdm metadata).
+    Unet,
+    /// A learned proximal network, and what it was trained for.
+    Lpn(LpnConfig, Option<String>),
+}
+
+/// Reads only the metadata of a weight file to tell a UNet from an LPN.
+pub fn kind(path: &Path) -> Result<Kind> {
+    let bytes = super::read(path)?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| {
+        bad(
+            path,
+            format!("not a valid safetensors file (or truncated): {e}"),
+        )
+    })?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    match meta.get(LPN_KEY) {
+        Some(json) => Ok(Kind::Lpn(
+            serde_json::from_str(json)
+                .map_err(|e| bad(path, format!("unknown LPN config in metadata: {e}")))?,
+            meta.get(TRAINED_KEY).cloned(),
+        )),
+        None => Ok(Kind::Unet),
+    }
+}
+
+/// Writes an LPN's weights atomically, its config (and what it was trained for) in the metadata.
+pub fn save_lpn(path: &Path, config: &LpnConfig, trained: &str, store: &ParamStore) -> Result<()> {
+    let meta = HashMap::from([
+        (
+            LPN_KEY.to_string(),
+            serde_json::to_string(config).expect("config serialises"),
+        ),
+        (TRAINED_KEY.to_string(), trained.to_string()),
+    ]);
+    super::write_atomic(path, &params_to_bytes(meta, store)?)
+}
+
+/// Loads an LPN: config from the metadata, every tensor checked, and its constrained weights
+/// checked non-negative (a file that breaks convexity is refused).
+pub fn load_lpn(path: &Path, engine: &Engine) -> Result<(Lpn, ParamStore)> {
+    let bytes = super::read(path)?;
+    let Kind::Lpn(config, _) = kind(path)? else {
+        return Err(bad(
+            path,
+            format!("not an LPN (no '{LPN_KEY}' in the metadata): a UNet's weights"),
+        ));
+    };
+    config.validate().map_err(|e| bad(path, e.to_string()))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        bad(
+            path,
+            format!("not a valid safetensors file (or truncated): {e}"),
+        )
+    })?;
+    let (lpn, pb) = Lpn::build(&config, 0)?;
+    let expected: Vec<(String, Vec<usize>)> = pb
+        .into_params()
+        .into_iter()
+        .map(|(n, s, _)| (n, s))
+        .collect();
+    let store = checked_tensors(path, &st, &expected, engine)?;
+    let host: Vec<Vec<f32>> = store
+        .tensors()
+        .iter()
+        .map(|t| t.to_vec())
+        .collect::<Result<_>>()?;
+    if let Some((name, i, v)) = lpn.check_nonneg(&host) {
+        return Err(bad(
+            path,
+            format!(
+                "{name}[{i}] = {v}: an LPN's weights on z must be ≥ 0 (ψ would not be convex, \
+                 so f would not be a proximal operator)"
+            ),
+        ));
+    }
+    Ok((lpn, store))
+}
 
 fn bad(path: &Path, detail: impl Into<String>) -> Error {
     Error::Format {
@@ -95,6 +182,17 @@ pub fn parse(
             format!("not a valid safetensors file (or truncated): {e}"),
         )
     })?;
+    if meta
+        .metadata()
+        .as_ref()
+        .is_some_and(|m| m.contains_key(LPN_KEY))
+    {
+        return Err(bad(
+            path,
+            "a learned proximal network (LPN), not a UNet: use it with `proxdm prox`, \
+             `denoise`, `prior` or `toy --prox lpn`",
+        ));
+    }
     let config = match meta.metadata().as_ref().and_then(|m| m.get(CONFIG_KEY)) {
         Some(json) => serde_json::from_str::<ModelConfig>(json)
             .map_err(|e| bad(path, format!("unknown model config in metadata: {e}")))?,

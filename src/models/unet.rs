@@ -95,6 +95,8 @@ pub enum ModelKind {
     Score,
     /// g_θ(y, t, λ); prox_{−λ ln p_t}(y) = y − √λ·g.
     Prox,
+    /// A learned proximal network (`models::lpn`), not a UNet: f = ∇ψ is the prox itself.
+    Lpn,
 }
 
 /// Everything needed to rebuild a model: stored in the weight file's metadata.
@@ -118,6 +120,9 @@ impl ModelConfig {
                 detail: m,
             })
         };
+        if self.kind == ModelKind::Lpn {
+            return bad("kind = \"lpn\" is a learned proximal network, not a UNet".into());
+        }
         if u.ch == 0 || !u.ch.is_multiple_of(crate::nn::GROUPS) {
             return bad(format!(
                 "unet.ch = {} must be a positive multiple of 32 (GroupNorm groups)",
@@ -293,6 +298,7 @@ impl Model {
                 ScalarEmbedding::new(&mut pb, "time_embedding", c.ch, edim),
                 None,
             ),
+            ModelKind::Lpn => unreachable!("validate refuses LPN configs"),
             ModelKind::Prox => (
                 ScalarEmbedding::new(&mut pb, "time_embedding", c.ch, edim / 2),
                 Some(ScalarEmbedding::new(

@@ -17,6 +17,9 @@ pub struct Optimizer {
     v: Vec<Tensor>,
     /// (decay, EMA weights), the weights that sample.
     pub ema: Option<(f32, Vec<Tensor>)>,
+    /// Indices of parameters kept non-negative: each step projects them onto θ ≥ 0 before
+    /// the EMA (an LPN's constrained weights).
+    pub nonneg: Vec<usize>,
 }
 
 impl Optimizer {
@@ -45,6 +48,7 @@ impl Optimizer {
             m: zeros()?,
             v: zeros()?,
             ema,
+            nonneg: Vec::new(),
         })
     }
 
@@ -104,9 +108,16 @@ impl Optimizer {
             let ema = self.ema.as_ref().map(|(d, e)| (*d, &e[i]));
             match (g, ema) {
                 // One pass: the step, then the EMA of the new weights.
-                (Some(g), ema) => {
-                    optim::adamw_step(&self.cfg, self.step, p, g, &self.m[i], &self.v[i], ema)?
-                }
+                (Some(g), ema) => optim::adamw_step(
+                    &self.cfg,
+                    self.step,
+                    p,
+                    g,
+                    &self.m[i],
+                    &self.v[i],
+                    ema,
+                    self.nonneg.contains(&i),
+                )?,
                 (None, Some((decay, e))) => optim::ema_update(decay, e, p)?,
                 (None, None) => {}
             }

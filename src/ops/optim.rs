@@ -25,6 +25,8 @@ struct Params {
     eps: f32,
     weight_decay: f32,
     decay: f32,
+    nonneg: u32,
+    _pad: [u32; 3],
 }
 
 /// AdamW hyper-parameters (PyTorch's defaults but for weight decay, which is 0 here).
@@ -49,10 +51,12 @@ impl Default for AdamW {
     }
 }
 
-/// One AdamW step (1-based `step`) updating `param`, `m` and `v` in place.
+/// One AdamW step (1-based `step`) updating `param`, `m` and `v` in place; with `nonneg` the
+/// new weights are projected onto θ ≥ 0 (max(θ, 0)), as an LPN's constrained weights need.
 ///
 /// With `ema = Some((decay, e))` the EMA of the updated weights is taken in the same pass
 /// (e ← decay·e + (1 - decay)·θ), as [`ema_update`] after the step would.
+#[allow(clippy::too_many_arguments)]
 pub fn adamw_step(
     cfg: &AdamW,
     step: u32,
@@ -61,6 +65,7 @@ pub fn adamw_step(
     m: &Tensor,
     v: &Tensor,
     ema: Option<(f32, &Tensor)>,
+    nonneg: bool,
 ) -> Result<()> {
     for (name, t) in [("grad", grad), ("m", m), ("v", v)] {
         same_shape(
@@ -82,6 +87,8 @@ pub fn adamw_step(
         eps: cfg.eps,
         weight_decay: cfg.weight_decay,
         decay: ema.map_or(0.0, |(d, _)| d),
+        nonneg: nonneg as u32,
+        ..Default::default()
     };
     let e = param.engine();
     let groups = e.grid(param.numel(), 256);
@@ -110,6 +117,7 @@ pub fn ema_update(decay: f32, ema: &Tensor, param: &Tensor) -> Result<()> {
 pub mod cpu {
     use super::AdamW;
 
+    /// As the GPU step; `nonneg` projects the new weights onto θ ≥ 0.
     pub fn adamw_step(
         c: &AdamW,
         step: u32,
@@ -117,6 +125,7 @@ pub mod cpu {
         g: &[f64],
         m: &mut [f64],
         v: &mut [f64],
+        nonneg: bool,
     ) {
         let (b1, b2) = (c.beta1 as f64, c.beta2 as f64);
         for i in 0..p.len() {
@@ -125,6 +134,9 @@ pub mod cpu {
             let mh = m[i] / (1.0 - b1.powi(step as i32));
             let vh = v[i] / (1.0 - b2.powi(step as i32));
             p[i] -= c.lr as f64 * (mh / (vh.sqrt() + c.eps as f64) + c.weight_decay as f64 * p[i]);
+            if nonneg {
+                p[i] = p[i].max(0.0);
+            }
         }
     }
 }
@@ -162,9 +174,9 @@ mod tests {
         for step in 1..=5u32 {
             let g = rounded(&rand_vec(n, 10 + step as u64, -1.0, 1.0));
             let tg = upload(&[n], &g);
-            adamw_step(&cfg, step, &tp, &tg, &tm, &tv, None).unwrap();
-            adamw_step(&cfg, step, &fp, &tg, &fm, &fv, Some((0.9, &fema))).unwrap();
-            cpu::adamw_step(&cfg, step, &mut p, &g, &mut m, &mut v);
+            adamw_step(&cfg, step, &tp, &tg, &tm, &tv, None, false).unwrap();
+            adamw_step(&cfg, step, &fp, &tg, &fm, &fv, Some((0.9, &fema)), false).unwrap();
+            cpu::adamw_step(&cfg, step, &mut p, &g, &mut m, &mut v, false);
             ema_update(0.9, &tema, &tp).unwrap();
             ema.iter_mut()
                 .zip(&p)
@@ -184,5 +196,51 @@ mod tests {
             err.contains("ema_update") && err.contains("[1001]") && err.contains("[3]"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn nonneg_steps_project_onto_the_orthant_before_the_ema() {
+        let n = 517;
+        let cfg = AdamW {
+            lr: 0.3,
+            ..Default::default()
+        };
+        // Weights near zero and large steps: about half of them would go negative.
+        let mut p = rounded(&rand_vec(n, 3, 0.0, 0.2));
+        let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+        let e = engine();
+        let (tp, tm, tv, tema) = (
+            upload(&[n], &p),
+            Tensor::zeros(&e, &[n]).unwrap(),
+            Tensor::zeros(&e, &[n]).unwrap(),
+            upload(&[n], &p),
+        );
+        let mut ema = p.clone();
+        for step in 1..=3u32 {
+            let g = rounded(&rand_vec(n, 20 + step as u64, -1.0, 1.0));
+            adamw_step(
+                &cfg,
+                step,
+                &tp,
+                &upload(&[n], &g),
+                &tm,
+                &tv,
+                Some((0.5, &tema)),
+                true,
+            )
+            .unwrap();
+            cpu::adamw_step(&cfg, step, &mut p, &g, &mut m, &mut v, true);
+            ema.iter_mut()
+                .zip(&p)
+                .for_each(|(e, p)| *e = 0.5 * *e + 0.5 * p);
+        }
+        let (gp, gema) = (tp.to_vec().unwrap(), tema.to_vec().unwrap());
+        assert!(gp.iter().chain(&gema).all(|&x| x >= 0.0));
+        assert!(
+            p.iter().filter(|&&x| x == 0.0).count() > n / 10,
+            "the test clips something"
+        );
+        assert_close("nonneg param", &gp, &p, 1e-5, 1e-6);
+        assert_close("nonneg ema", &gema, &ema, 1e-5, 1e-6);
     }
 }
