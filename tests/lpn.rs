@@ -612,3 +612,102 @@ fn lpn_runs_refuse_data_that_does_not_fit() {
     };
     assert!(bad.validate().unwrap_err().to_string().contains("β > 0"));
 }
+
+// ---- the learned regulariser ----------------------------------------------------------
+
+use proxdm::diffusion::prior;
+
+#[test]
+fn prior_of_a_quadratic_psi_matches_the_closed_form() {
+    let e = engine();
+    for config in [mlp(false), conv()] {
+        // Zero output maps: ψ(y) = α‖y‖², f(y) = 2αy, R(x) = (1/(4α) − ½)‖x‖².
+        let (lpn, p) = random(&config, 1);
+        let out: Vec<usize> = lpn
+            .names
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| *i == *lpn.nonneg.last().unwrap() || n.starts_with("res.2."))
+            .map(|(i, _)| i)
+            .collect();
+        let p: Vec<HostTensor> = p
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| {
+                if out.contains(&i) {
+                    HostTensor::new(&h.shape, vec![0.0; h.data.len()])
+                } else {
+                    h
+                }
+            })
+            .collect();
+        let st = store(&e, &lpn, &p);
+        let n = 3;
+        let x: Vec<f32> = vals(n * config.input_len(), 8, -1.0, 1.0)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let pr = prior::evaluate(&e, &lpn, &st, &x, n, None, 1e-6, 200).unwrap();
+        assert_eq!(pr.converged, n, "residuals {:?}", pr.residual);
+        let a = config.alpha as f64;
+        let m = config.input_len();
+        for i in 0..n {
+            let sq: f64 = x[i * m..(i + 1) * m]
+                .iter()
+                .map(|&v| (v as f64).powi(2))
+                .sum();
+            let want = (1.0 / (4.0 * a) - 0.5) * sq;
+            assert!(
+                (pr.r[i] - want).abs() < 1e-4 * want.abs(),
+                "{config:?}: R = {} vs {want}",
+                pr.r[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn the_prior_inverts_f_and_f_minimises_the_prox_objective() {
+    let e = engine();
+    let config = mlp(true);
+    let (lpn, p) = random(&config, 13);
+    let st = store(&e, &lpn, &p);
+    let (t, l) = (0.4f32, 0.2f32);
+    let m = config.input_len();
+    let y = vals(m, 31, -1.0, 1.0);
+    // x* = f(y): the prox of R at y.
+    let xs: Vec<f32> = gpu_f(&e, &lpn, &st, &y, 1, Some(&(vec![t], vec![l])))
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    // Candidates: x* and points around it.
+    let mut cands = xs.clone();
+    for k in 0..6u64 {
+        let d = vals(m, 40 + k, -0.2, 0.2);
+        cands.extend(xs.iter().zip(&d).map(|(a, b)| a + *b as f32));
+    }
+    let pr = prior::evaluate(&e, &lpn, &st, &cands, 7, Some((t, l)), 1e-6, 500).unwrap();
+    assert_eq!(pr.converged, 7, "residuals {:?}", pr.residual);
+    // The inverse of f at x* is y (ψ is strongly convex: the inverse is unique).
+    for (a, b) in pr.y[..m].iter().zip(&y) {
+        assert!((*a as f64 - b).abs() < 1e-3, "inverse {a} vs {b}");
+    }
+    // ½‖x − y‖² + R(x) is smallest at x = f(y).
+    let obj = |i: usize| -> f64 {
+        let c = &cands[i * m..(i + 1) * m];
+        0.5 * c
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| (*a as f64 - b).powi(2))
+            .sum::<f64>()
+            + pr.r[i]
+    };
+    for i in 1..7 {
+        assert!(
+            obj(0) <= obj(i) + 1e-6,
+            "candidate {i}: {} < {} at f(y)",
+            obj(i),
+            obj(0)
+        );
+    }
+}

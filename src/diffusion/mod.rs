@@ -1,8 +1,10 @@
-//! The method: the VP SDE, score and ProxDM samplers, the oracles they call, and training.
+//! The method: the VP SDE, score and ProxDM samplers, the oracles they call, training, and the
+//! regulariser an LPN has learned.
 
 pub mod metric;
 pub mod oracles;
 pub mod ot;
+pub mod prior;
 pub mod samplers;
 pub mod toy;
 pub mod train;
