@@ -136,10 +136,10 @@ pub fn evaluate(
     let (psi_u, f_u) = psi_and_grad(engine, lpn, store, &u, n, cond)?;
     let mut r = Vec::with_capacity(n);
     let mut residual = Vec::with_capacity(n);
-    for i in 0..n {
+    for (i, &psi_i) in psi_u.iter().enumerate() {
         let s = i * d..(i + 1) * d;
         let (xi, ui) = (&x[s.clone()], &u[s.clone()]);
-        r.push(dot(xi, ui) - 0.5 * dot(xi, xi) - psi_u[i] as f64);
+        r.push(dot(xi, ui) - 0.5 * dot(xi, xi) - psi_i as f64);
         let gi: Vec<f32> = s.map(|k| f_u[k] - x[k]).collect();
         residual.push(rms(&gi));
     }
