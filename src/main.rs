@@ -45,19 +45,21 @@ enum Command {
         seed: u64,
     },
     /// Apply a prox network: y ↦ prox_{−λ ln p_t}(y) (MAP denoising), for a batch in .npy.
+    /// Also takes LPN weights: f = ∇ψ, the exact prox of the LPN's learned regulariser.
     Prox {
-        /// Prox-network weights (.safetensors).
+        /// Prox-network or LPN weights (.safetensors).
         #[arg(long)]
         weights: PathBuf,
-        /// Input batch, float32 .npy of shape (N, C, H, W), images scaled to [-1, 1].
+        /// Input batch, float32 .npy of shape (N, C, H, W) (an MLP LPN: (N, d)), images
+        /// scaled to [-1, 1].
         #[arg(long)]
         input: PathBuf,
-        /// Diffusion time t in [0, 1].
+        /// Diffusion time t in [0, 1] (not for an LPN denoiser).
         #[arg(long)]
-        t: f32,
-        /// Prox weight λ > 0.
+        t: Option<f32>,
+        /// Prox weight λ > 0 (not for an LPN denoiser).
         #[arg(long = "lambda")]
-        lambda: f32,
+        lambda: Option<f32>,
         /// Output .npy, same shape as the input.
         #[arg(long)]
         out: PathBuf,
@@ -121,6 +123,12 @@ enum Command {
         #[arg(long, conflicts_with = "json")]
         profile: bool,
     },
+    /// Evaluate an LPN's learned regulariser R(x) (up to a constant) by inverting f = ∇ψ
+    /// (a convex problem per point); reports convergence.
+    Prior(proxdm::cli::lpn::PriorArgs),
+    /// MAP-denoise a PNG with an LPN denoiser trained at that noise level (one application of
+    /// f, the prox of the learned regulariser).
+    Denoise(proxdm::cli::lpn::DenoiseArgs),
     /// Write standard Gaussian noise (reproducible for a seed) as float32 .npy.
     Randn {
         /// Shape, comma-separated, e.g. 4,1,32,32.
@@ -157,6 +165,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             batch,
         } => {
             let engine = proxdm::Engine::with_request(&request)?;
+            if let proxdm::io::weights::Kind::Lpn(..) = proxdm::io::weights::kind(&weights)? {
+                let s = proxdm::cli::lpn::prox(&engine, &weights, &input, &out, t, lambda, batch)?;
+                println!("{s}");
+                return Ok(());
+            }
+            let (Some(t), Some(lambda)) = (t, lambda) else {
+                anyhow::bail!("a prox UNet needs --t and --lambda");
+            };
             let what = apply::Apply::Prox { t, lambda };
             println!(
                 "{}",
@@ -231,6 +247,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Toy(args) => {
             let engine = proxdm::Engine::with_request(&request)?;
             print!("{}", proxdm::cli::toy::run(&engine, &args)?);
+        }
+        Command::Prior(args) => {
+            let engine = proxdm::Engine::with_request(&request)?;
+            print!("{}", proxdm::cli::lpn::prior(&engine, &args)?);
+        }
+        Command::Denoise(args) => {
+            let engine = proxdm::Engine::with_request(&request)?;
+            print!("{}", proxdm::cli::lpn::denoise(&engine, &args)?);
         }
         Command::Randn { shape, seed, out } => {
             let engine = proxdm::Engine::with_request(&request)?;

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod classifier;
 pub mod eval;
 pub mod info;
+pub mod lpn;
 pub mod sample;
 pub mod smoke;
 pub mod toy;

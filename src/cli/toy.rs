@@ -44,6 +44,15 @@ pub struct ToyArgs {
     /// Write every sampler's samples as CSV files into this directory.
     #[arg(long)]
     pub save_samples: Option<PathBuf>,
+    /// Prox operators of the prox samplers: "oracle" (solved exactly per point), or "lpn" to
+    /// add rows (lpn-hybrid, lpn-backward) where a learned proximal network replaces the
+    /// oracle, next to the oracle rows.
+    #[arg(long, default_value = "oracle")]
+    pub prox: String,
+    /// The 2D LPN conditioned on (t, λ) used by --prox lpn (trained on the built-in
+    /// swissroll, the default target).
+    #[arg(long, default_value = "weights/toy-lpn-swissroll.safetensors")]
+    pub lpn_weights: PathBuf,
     /// β(0) of the VP SDE's linear schedule.
     #[arg(long, default_value_t = 0.1)]
     pub beta_min: f64,
@@ -109,8 +118,34 @@ pub fn run(engine: &Engine, a: &ToyArgs) -> Result<String> {
             detail: "--steps must be positive and --samples > 0".into(),
         });
     }
+    let lpn = match a.prox.as_str() {
+        "oracle" => None,
+        "lpn" => {
+            let (l, store) = crate::io::weights::load_lpn(&a.lpn_weights, engine)?;
+            if !l.config.cond || l.config.input_len() != 2 {
+                return Err(Error::Format {
+                    path: a.lpn_weights.display().to_string(),
+                    detail: "--prox lpn needs a 2D LPN conditioned on (t, λ)".into(),
+                });
+            }
+            Some((l, store))
+        }
+        other => {
+            return Err(Error::Format {
+                path: "--prox".into(),
+                detail: format!("unknown prox '{other}': oracle or lpn"),
+            });
+        }
+    };
+    let net = lpn
+        .as_ref()
+        .map(|(l, s)| crate::diffusion::oracles::LpnNetwork { lpn: l, params: s });
     let t0 = Instant::now();
-    let total = chosen.len() * a.steps.len();
+    let lpn_rows = chosen
+        .iter()
+        .filter(|c| matches!(c.1, ToySampler::Prox(_)))
+        .count();
+    let total = (chosen.len() + if net.is_some() { lpn_rows } else { 0 }) * a.steps.len();
     let mut done = 0;
     let results = toy::run(
         engine,
@@ -119,6 +154,7 @@ pub fn run(engine: &Engine, a: &ToyArgs) -> Result<String> {
         &a.steps,
         a.samples,
         a.seed,
+        net.as_ref(),
         |name, k| {
             done += 1;
             eprint!("\r[toy] {done}/{total}: {name} with {k} steps          ");

@@ -19,7 +19,8 @@ pub struct TrainArgs {
     pub config: Option<PathBuf>,
     /// Training images: a directory of the MNIST IDX files (gzipped or not), a directory of
     /// PNG images of one size (grey → 1 channel, colour → 3), or a .npy file of images in
-    /// [-1, 1], (N, H, W) or (N, C, H, W).
+    /// [-1, 1], (N, H, W) or (N, C, H, W); for a 2D LPN, `toy:NAME` (the 200 points of a
+    /// built-in `proxdm toy` target: swissroll, moons, rings, checkerboard).
     #[arg(long)]
     pub data: PathBuf,
     /// Run directory: checkpoint.safetensors (weights, optimiser, EMA, step),
@@ -60,7 +61,21 @@ pub fn run(engine: &Engine, args: &TrainArgs) -> Result<String> {
     let ckpt = args.out.join("checkpoint.safetensors");
     let log_path = args.out.join("log.csv");
     eprintln!("[train] reading {}", args.data.display());
-    let data = datasets::open(&args.data)?;
+    let data = match args.data.to_str().and_then(|s| s.strip_prefix("toy:")) {
+        // The 200 points of a built-in 2D target (seed 0, as `proxdm toy`), as (N, 2, 1, 1).
+        Some(name) => {
+            let pts = crate::diffusion::toy::dataset(name, 200, 0)?;
+            datasets::Images {
+                shape: [pts.len(), 2, 1, 1],
+                data: pts
+                    .iter()
+                    .flat_map(|p| [p[0] as f32, p[1] as f32])
+                    .collect(),
+                labels: None,
+            }
+        }
+        None => datasets::open(&args.data)?,
+    };
     let mut tr = if args.resume {
         if !ckpt.is_file() {
             return Err(Error::Config(format!(

@@ -6,10 +6,10 @@ use std::path::Path;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use super::Sde;
-use super::oracles::Mixture;
+use super::oracles::{LpnNetwork, Mixture};
 use super::ot::wasserstein;
 use super::samplers::{
-    ProxSampler, ScoreSampler, initial_noise, max_gamma, sample_prox, sample_score,
+    ProxOracle, ProxSampler, ScoreSampler, initial_noise, max_gamma, sample_prox, sample_score,
 };
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -167,7 +167,10 @@ pub struct ToyResult {
     pub samples: Vec<f32>,
 }
 
-/// Runs every (sampler, steps) pair with `n` samples from the same x_T (seed).
+/// Runs every (sampler, steps) pair with `n` samples from the same x_T (seed). With `lpn`, every
+/// prox sampler runs a second time with the learned proximal network in place of the oracle
+/// (rows `lpn-hybrid`, `lpn-backward`).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     engine: &Engine,
     points: &[[f64; 2]],
@@ -175,6 +178,7 @@ pub fn run(
     steps: &[usize],
     n: usize,
     seed: u64,
+    lpn: Option<&LpnNetwork<'_>>,
     mut progress: impl FnMut(&str, usize),
 ) -> Result<Vec<ToyResult>> {
     let sde = Sde::default();
@@ -185,14 +189,30 @@ pub fn run(
     let target: Vec<f64> = points.iter().flat_map(|p| *p).collect();
     let mix = Mixture::new(sde, Tensor::from_slice(engine, &[points.len(), 2], &flat)?);
     let mut out = Vec::new();
-    for &(name, s) in samplers {
+    let mut runs: Vec<(String, ToySampler, bool)> = samplers
+        .iter()
+        .map(|&(name, s)| (name.to_string(), s, false))
+        .collect();
+    if lpn.is_some() {
+        for &(name, s) in samplers {
+            if let ToySampler::Prox(_) = s {
+                runs.push((name.replacen("prox", "lpn", 1), s, true));
+            }
+        }
+    }
+    for (name, s, learned) in &runs {
+        let name = name.as_str();
         for &k in steps {
             progress(name, k);
             let x_t = initial_noise(engine, &[n, 2], seed)?;
-            let x = match s {
+            let oracle: &dyn ProxOracle = match (learned, lpn) {
+                (true, Some(l)) => l,
+                _ => &mix,
+            };
+            let x = match *s {
                 ToySampler::Score(kind) => Some(sample_score(&mix, &sde, kind, k, x_t, seed)?),
                 ToySampler::Prox(ProxSampler::Backward) if max_gamma(&sde, k) >= 2.0 => None,
-                ToySampler::Prox(kind) => Some(sample_prox(&mix, &sde, kind, k, x_t, seed)?),
+                ToySampler::Prox(kind) => Some(sample_prox(oracle, &sde, kind, k, x_t, seed)?),
             };
             let (unconverged, _) = mix.take_unconverged()?;
             let (w1, w2, samples) = match x {
