@@ -261,7 +261,7 @@ pub fn denoise(engine: &Engine, a: &DenoiseArgs) -> Result<String> {
                 .into(),
         ));
     }
-    if !(a.sigma > 0.0) {
+    if a.sigma.is_nan() || a.sigma <= 0.0 {
         return Err(Error::Config(format!(
             "--sigma must be > 0, got {}",
             a.sigma
