@@ -429,3 +429,210 @@ fn tuning_cache_follows_proxdm_tune() {
         "{out}"
     );
 }
+
+#[test]
+fn lpn_train_prox_prior_and_denoise_end_to_end() {
+    // 8×8 images (a bright bar), trained for a few steps as an LPN denoiser.
+    let n = 32;
+    let data: Vec<f32> = (0..n)
+        .flat_map(|i| (0..64).map(move |p| if p % 8 == i % 8 { 1.0 } else { -1.0 }))
+        .collect();
+    let images = tmp("bars.npy");
+    npy::write(
+        &images,
+        &npy::Array {
+            shape: vec![n, 1, 8, 8],
+            data,
+        },
+    )
+    .unwrap();
+    let cfg = tmp("lpn.toml");
+    std::fs::write(
+        &cfg,
+        "kind = \"lpn\"\n[lpn]\narch = \"conv\"\nin_ch = 1\nsize = 8\nhidden = 4\n\
+         [train]\nbatch = 8\niters = 6\nl1_iters = 3\nl1_lr = 1e-2\npm_lr = 1e-3\n\
+         zeta_start = 0.64\nsigma = 0.2\ncheckpoint_every = 3\n",
+    )
+    .unwrap();
+    let out = tmp("run");
+    let (ok, text) = run(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data",
+        images.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("Lpn model"), "{text}");
+    let w = out.join("model.safetensors");
+    let ws = w.to_str().unwrap();
+    // prox: f = ∇ψ on a batch; a denoiser takes no (t, λ).
+    let x = tmp("x.npy");
+    npy::write(
+        &x,
+        &npy::Array {
+            shape: vec![3, 1, 8, 8],
+            data: (0..192).map(|i| (i % 7) as f32 / 7.0 - 0.5).collect(),
+        },
+    )
+    .unwrap();
+    let y = tmp("y.npy");
+    let (ok, text) = run(&[
+        "prox",
+        "--weights",
+        ws,
+        "--input",
+        x.to_str().unwrap(),
+        "--out",
+        y.to_str().unwrap(),
+    ]);
+    assert!(ok && text.contains("LPN"), "{text}");
+    assert_eq!(npy::read(&y).unwrap().shape, vec![3, 1, 8, 8]);
+    let (ok, text) = run(&[
+        "prox",
+        "--weights",
+        ws,
+        "--input",
+        x.to_str().unwrap(),
+        "--out",
+        y.to_str().unwrap(),
+        "--t",
+        "0.5",
+        "--lambda",
+        "0.1",
+    ]);
+    assert!(!ok && text.contains("drop --t and --lambda"), "{text}");
+    // prior: R at each point, converged.
+    let r = tmp("r.npy");
+    let (ok, text) = run(&[
+        "prior",
+        "--weights",
+        ws,
+        "--input",
+        x.to_str().unwrap(),
+        "--out",
+        r.to_str().unwrap(),
+    ]);
+    assert!(ok && text.contains("3/3 converged"), "{text}");
+    let rv = npy::read(&r).unwrap();
+    assert_eq!(rv.shape, vec![3]);
+    assert!(rv.data.iter().all(|v| v.is_finite()));
+    // denoise: a PNG of the LPN's size, with noise added and PSNR reported.
+    let png = tmp("clean.png");
+    let img = proxdm::io::image::Image {
+        c: 1,
+        h: 8,
+        w: 8,
+        data: (0..64)
+            .map(|p| if p % 8 == 3 { 1.0 } else { -1.0 })
+            .collect(),
+    };
+    proxdm::io::image::write_png(&png, &img).unwrap();
+    let den = tmp("den.png");
+    let noisy = tmp("noisy.png");
+    let (ok, text) = run(&[
+        "denoise",
+        "--weights",
+        ws,
+        "--input",
+        png.to_str().unwrap(),
+        "--sigma",
+        "0.1",
+        "--out",
+        den.to_str().unwrap(),
+        "--add-noise",
+        "--noisy-out",
+        noisy.to_str().unwrap(),
+    ]);
+    assert!(ok && text.contains("PSNR"), "{text}");
+    // σ = 0.1 on [0, 1]: 20 dB in expectation (64 pixels: within ±1.5 dB).
+    let db: f64 = text
+        .split("noisy ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((db - 20.0).abs() < 1.5, "noisy PSNR {db}");
+    assert_eq!(proxdm::io::image::read_png(&den).unwrap().h, 8);
+    assert!(noisy.is_file());
+    // A σ far from the trained one is flagged; an image of the wrong size is refused.
+    let (ok, text) = run(&[
+        "denoise",
+        "--weights",
+        ws,
+        "--input",
+        png.to_str().unwrap(),
+        "--sigma",
+        "0.4",
+        "--out",
+        den.to_str().unwrap(),
+    ]);
+    assert!(ok && text.contains("trained at σ = 0.1"), "{text}");
+    let big = tmp("big.png");
+    proxdm::io::image::write_png(
+        &big,
+        &proxdm::io::image::Image {
+            c: 1,
+            h: 9,
+            w: 9,
+            data: vec![0.0; 81],
+        },
+    )
+    .unwrap();
+    let (ok, text) = run(&[
+        "denoise",
+        "--weights",
+        ws,
+        "--input",
+        big.to_str().unwrap(),
+        "--sigma",
+        "0.1",
+        "--out",
+        den.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && text.contains("1×9×9") && text.contains("1×8×8"),
+        "{text}"
+    );
+    // An LPN is not a UNet for `sample`.
+    let (ok, text) = run(&[
+        "sample",
+        "--weights",
+        ws,
+        "--n",
+        "1",
+        "--out",
+        tmp("g.png").to_str().unwrap(),
+    ]);
+    assert!(!ok && text.contains("learned proximal network"), "{text}");
+    // Weights that break convexity are refused on load, naming the tensor.
+    let e = proxdm::Engine::shared().unwrap();
+    let (lpn, mut st) = proxdm::io::weights::load_lpn(&w, &e).unwrap();
+    let i = lpn.nonneg[0];
+    let mut v = st.tensors()[i].to_vec().unwrap();
+    v[0] = -0.5;
+    let shape = st.tensors()[i].shape().to_vec();
+    st.set(i, proxdm::Tensor::from_slice(&e, &shape, &v).unwrap())
+        .unwrap();
+    let bad = tmp("bad.safetensors");
+    proxdm::io::weights::save_lpn(&bad, &lpn.config, "denoise sigma=0.2", &st).unwrap();
+    let (ok, text) = run(&[
+        "prox",
+        "--weights",
+        bad.to_str().unwrap(),
+        "--input",
+        x.to_str().unwrap(),
+        "--out",
+        y.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && text.contains("lin.1.weight[0] = -0.5") && text.contains("≥ 0"),
+        "{text}"
+    );
+}
