@@ -600,6 +600,33 @@ fn lpn_train_prox_prior_and_denoise_end_to_end() {
         !ok && text.contains("1×9×9") && text.contains("1×8×8"),
         "{text}"
     );
+    // The test-set mode: mean PSNR over a (fixture) MNIST test split, centre-cropped to 8×8.
+    let mnist = tmp("mnist");
+    proxdm::io::datasets::write_fixture(&mnist, "t10k", 12, 1).unwrap();
+    let grid = tmp("denoise-grid.png");
+    let (ok, text) = run(&[
+        "denoise",
+        "--weights",
+        ws,
+        "--data",
+        mnist.to_str().unwrap(),
+        "--n",
+        "12",
+        "--sigma",
+        "0.1",
+        "--out",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(
+        ok && text.contains("first 12 images (8×8)") && text.contains("mean PSNR noisy"),
+        "{text}"
+    );
+    let g = proxdm::io::image::read_png(&grid).unwrap();
+    assert_eq!(
+        (g.w, g.h),
+        (8 * 10 + 2, 3 * 10 + 2),
+        "3 rows of 8 images with 2-pixel gaps"
+    );
     // An LPN is not a UNet for `sample`.
     let (ok, text) = run(&[
         "sample",

@@ -68,8 +68,14 @@ pub fn sampler_by_name(name: &str) -> Option<ToySampler> {
 
 /// Writes images (N, 1 or 3, H, W) in [-1, 1] as a grid with 2-pixel gaps.
 pub fn write_grid(path: &Path, shape: [usize; 4], data: &[f32]) -> Result<()> {
+    let cols = (shape[0] as f64).sqrt().ceil().max(1.0) as usize;
+    write_grid_cols(path, shape, data, cols)
+}
+
+/// [`write_grid`] with `cols` images per row.
+pub fn write_grid_cols(path: &Path, shape: [usize; 4], data: &[f32], cols: usize) -> Result<()> {
     let [n, c, h, w] = shape;
-    let cols = (n as f64).sqrt().ceil().max(1.0) as usize;
+    let cols = cols.max(1);
     let rows = n.div_ceil(cols);
     let gap = 2;
     let mut canvas = Canvas::new(cols * (w + gap) + gap, rows * (h + gap) + gap, [40, 40, 40]);
