@@ -240,7 +240,8 @@ mod tests {
             p.iter().filter(|&&x| x == 0.0).count() > n / 10,
             "the test clips something"
         );
-        assert_close("nonneg param", &gp, &p, 1e-5, 1e-6);
-        assert_close("nonneg ema", &gema, &ema, 1e-5, 1e-6);
+        // Steps of ~lr = 0.3: f32 rounding of m̂/√v̂ allows ~3e-4 of a step.
+        assert_close("nonneg param", &gp, &p, 1e-5, 1e-4);
+        assert_close("nonneg ema", &gema, &ema, 1e-5, 1e-4);
     }
 }
