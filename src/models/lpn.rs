@@ -4,8 +4,9 @@
 //! ψ(y) = w·z_L (+ an affine term in y for the MLP) + α‖y‖², with
 //! z₁ = σ(H₀y [+ c₀]), z_{k+1} = σ(W_k z_k + H_k y + b_k [+ c_k]), σ = softplus_β, and every W_k
 //! and w non-negative (clipped after each optimiser step, checked on load). The optional
-//! conditioning on (t, λ) adds c_k = Linear_k(SiLU([emb(t), emb(λ)])) to the pre-activations:
-//! a function of (t, λ) only, so ψ stays convex in y. f = ∇_y ψ comes from the graph's reverse
+//! conditioning on (t, λ) adds c_k = Linear_k(SiLU([emb(t), emb(λ)])) to the pre-activations
+//! and a term ½·sigmoid(a(t, λ))·‖y‖² to ψ: functions of (t, λ) only (the latter a
+//! non-negative multiple of a convex function), so ψ stays convex in y. f = ∇_y ψ comes from the graph's reverse
 //! pass; training differentiates it again (the second-order pass).
 //!
 //! Two architectures, named as the reference's modules (`lin.k` the chain whose k ≥ 1 weights
@@ -150,6 +151,11 @@ pub struct Lpn {
     out: Map,
     out_res: Option<Map>,
     embed: Option<(ScalarEmbedding, ScalarEmbedding)>,
+    /// Conditioned only: a(t, λ) (Linear of the embedding to a scalar) in the extra quadratic
+    /// ½·sigmoid(a)·‖y‖².
+    cond_alpha: Option<Map>,
+    /// Conditioned MLP only: h(t, λ) (Linear of the embedding to R^d) in the term ⟨h, y⟩.
+    cond_shift: Option<Map>,
     /// Indices of the parameters that must stay non-negative.
     pub nonneg: Vec<usize>,
     pub names: Vec<String>,
@@ -204,12 +210,16 @@ impl Lpn {
                 out = nonneg(&mut pb, &format!("lin.{}", c.layers + 1), &[1, h], 1);
                 // The reference's output map on y also has a bias: a constant in ψ, which f
                 // does not see, so it is left out.
-                out_res = Some(torch_default(
-                    &mut pb,
-                    &format!("res.{}", c.layers),
-                    &[1, d],
-                    false,
-                ));
+                // Conditioned, the linear term becomes ⟨h(t, λ), y⟩ (below): a shift of f that
+                // does not vanish as λ → 0 would drift every sampler step.
+                if !c.cond {
+                    out_res = Some(torch_default(
+                        &mut pb,
+                        &format!("res.{}", c.layers),
+                        &[1, d],
+                        false,
+                    ));
+                }
             }
             LpnArch::Conv => {
                 let conv = |pb: &mut ParamBuilder, name: &str, cin: usize, stride: usize| {
@@ -275,6 +285,25 @@ impl Lpn {
         } else {
             None
         };
+        // A (t, λ)-dependent strong-convexity term: the prox is near the identity at small λ
+        // and a strong shrinkage at large λ, which an ICNN on top of a fixed α‖y‖² would
+        // have to build from softplus units. ½·sigmoid(a(t, λ))·‖y‖² is convex in y for any a
+        // and its gradient never expands (a slope in (0, 1)), so far from the data f stays a
+        // contraction plus the ICNN's bounded slopes. Initialised to the identity:
+        // 2α + sigmoid(a) = 1, a constant in (t, λ).
+        let cond_shift = (c.cond && c.arch == LpnArch::Mlp).then(|| Map {
+            w: pb.constant("cond_shift.weight".into(), &[d, 2 * c.emb], 0.0),
+            b: Some(pb.constant("cond_shift.bias".into(), &[d], 0.0)),
+            stride: 1,
+        });
+        let cond_alpha = c.cond.then(|| {
+            let s = (1.0 - 2.0 * c.alpha as f64).clamp(1e-3, 1.0 - 1e-3);
+            Map {
+                w: pb.constant("cond_alpha.weight".into(), &[1, 2 * c.emb], 0.0),
+                b: Some(pb.constant("cond_alpha.bias".into(), &[1], (s / (1.0 - s)).ln() as f32)),
+                stride: 1,
+            }
+        });
         let mut nonneg_idx: Vec<usize> = layers
             .iter()
             .filter_map(|l| l.core.as_ref().map(|m| m.w))
@@ -288,6 +317,8 @@ impl Lpn {
                 out,
                 out_res,
                 embed,
+                cond_alpha,
+                cond_shift,
                 nonneg: nonneg_idx,
                 names,
             },
@@ -384,12 +415,22 @@ impl Lpn {
         }
         let z = z.expect("at least one layer");
         let mut out = be.linear(&z, &p[self.out.w], None)?;
+        if let (Some(m), Some(e)) = (&self.cond_shift, cond) {
+            let h = be.linear(e, &p[m.w], m.b.map(|b| &p[b]))?;
+            out = be.add(&out, &be.sum_rows(&be.mul(&h, y)?)?)?;
+        }
         if let Some(r) = &self.out_res {
             out = be.add(&out, &be.linear(y, &p[r.w], r.b.map(|b| &p[b]))?)?;
         }
-        if self.config.alpha > 0.0 {
+        if self.config.alpha > 0.0 || self.cond_alpha.is_some() {
             let sq = be.sum_rows(&be.mul(y, y)?)?;
-            out = be.add(&out, &be.scale(&sq, self.config.alpha)?)?;
+            if self.config.alpha > 0.0 {
+                out = be.add(&out, &be.scale(&sq, self.config.alpha)?)?;
+            }
+            if let (Some(m), Some(e)) = (&self.cond_alpha, cond) {
+                let a = be.sigmoid(&be.linear(e, &p[m.w], m.b.map(|b| &p[b]))?)?;
+                out = be.add(&out, &be.scale(&be.mul(&sq, &a)?, 0.5)?)?;
+            }
         }
         Ok(out)
     }

@@ -55,6 +55,8 @@ pub trait Backend {
     fn constant(&self, shape: &[usize], data: &[f32]) -> Result<Self::T>;
     /// (1/β) ln(1 + e^{βx}).
     fn softplus(&self, x: &Self::T, beta: f32) -> Result<Self::T>;
+    /// 1/(1 + e^{−x}).
+    fn sigmoid(&self, x: &Self::T) -> Result<Self::T>;
     /// a·x.
     fn scale(&self, x: &Self::T, a: f32) -> Result<Self::T>;
     /// Elementwise product with broadcasting (as `add`).
@@ -142,6 +144,9 @@ impl Backend for Gpu<'_> {
     }
     fn softplus(&self, x: &Var, beta: f32) -> Result<Var> {
         self.graph.softplus(x, beta)
+    }
+    fn sigmoid(&self, x: &Var) -> Result<Var> {
+        self.graph.unary(x, UnaryOp::Sigmoid)
     }
     fn scale(&self, x: &Var, a: f32) -> Result<Var> {
         self.graph.scale(x, a)
@@ -323,6 +328,15 @@ impl Backend for Cpu {
             x.data
                 .iter()
                 .map(|&v| elementwise::cpu::unary(v, op))
+                .collect(),
+        ))
+    }
+    fn sigmoid(&self, x: &HostTensor) -> Result<HostTensor> {
+        Ok(HostTensor::new(
+            &x.shape,
+            x.data
+                .iter()
+                .map(|&v| elementwise::cpu::sigmoid(v))
                 .collect(),
         ))
     }

@@ -109,6 +109,9 @@ impl Backend for Flops {
     fn softplus(&self, x: &Vec<usize>, _: f32) -> Result<Vec<usize>> {
         Ok(x.clone())
     }
+    fn sigmoid(&self, x: &Vec<usize>) -> Result<Vec<usize>> {
+        Ok(x.clone())
+    }
     fn scale(&self, x: &Vec<usize>, _: f32) -> Result<Vec<usize>> {
         Ok(x.clone())
     }
