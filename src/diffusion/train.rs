@@ -6,6 +6,10 @@
 //! x_t = √α(t)·x₀ + √(1−α(t))·z₁, y = x_t + √λ·z₂, and the loss compares g_θ(y, t, λ) with z₂:
 //! L1 for the first `l1_iters`, then proximal matching with ζ = ζ₀·decay^stage.
 //! Score: t ~ U(0, 1), x_t as above, MSE between ε_θ(x_t, t) and z₁.
+//! LPN (`models::lpn`), through the second-order pass: conditioned on (t, λ), the prox draws
+//! above with g = (y − f(y))/√λ compared with z₂; unconditioned, a denoiser: y = x₀ + σz and
+//! f(y) compared with x₀ (the LPN paper). Same L1 → proximal-matching schedule; the optimiser
+//! keeps the constrained weights ≥ 0.
 //!
 //! Everything random in a step is a function of (seed, iteration): the batch order (a shuffle
 //! per epoch), the (t, λ) draws, the Gaussian noise (Philox streams) and the dropout masks. A
