@@ -663,3 +663,48 @@ fn lpn_train_prox_prior_and_denoise_end_to_end() {
         "{text}"
     );
 }
+
+#[test]
+fn toy_with_the_shipped_2d_lpn_adds_learned_prox_rows() {
+    let (ok, text) = run(&[
+        "toy",
+        "--prox",
+        "lpn",
+        "--samplers",
+        "prox-hybrid,prox-backward",
+        "--steps",
+        "5,10",
+        "--samples",
+        "64",
+    ]);
+    assert!(ok, "{text}");
+    let row = |name: &str| -> Vec<String> {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} row in\n{text}"))
+            .split_whitespace()
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    };
+    // The hybrid LPN sampler is defined at both step counts, the backward one from 10 steps.
+    let w2: Vec<f64> = row("lpn-hybrid")
+        .iter()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(
+        w2.len() == 2 && w2.iter().all(|v| v.is_finite() && *v > 0.0),
+        "{text}"
+    );
+    assert_eq!(row("lpn-backward")[0], "—");
+    let (ok, text) = run(&["toy", "--prox", "magic", "--steps", "5"]);
+    assert!(!ok && text.contains("oracle or lpn"), "{text}");
+    let (ok, text) = run(&[
+        "toy",
+        "--prox",
+        "lpn",
+        "--lpn-weights",
+        "weights/mnist-classifier.safetensors",
+    ]);
+    assert!(!ok && text.contains("not an LPN"), "{text}");
+}
