@@ -469,6 +469,20 @@ fn lpn_train_prox_prior_and_denoise_end_to_end() {
     assert!(text.contains("Lpn model"), "{text}");
     let w = out.join("model.safetensors");
     let ws = w.to_str().unwrap();
+    // A finished run resumed: nothing to train, the exported weights are rewritten.
+    std::fs::remove_file(&w).unwrap();
+    let (ok, text) = run(&[
+        "train",
+        "--data",
+        images.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--resume",
+    ]);
+    assert!(
+        ok && text.contains("nothing to train") && w.is_file(),
+        "{text}"
+    );
     // prox: f = ∇ψ on a batch; a denoiser takes no (t, λ).
     let x = tmp("x.npy");
     npy::write(

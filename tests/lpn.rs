@@ -545,8 +545,27 @@ fn training_a_denoising_lpn_lowers_the_loss_and_keeps_psi_convex() {
     );
     let y = vals(2 * 64, 9, -1.0, 1.0);
     let a = gpu_f(&e, &back, &st, &y, 2, None);
-    let b = gpu_f(&e, lpn, &tr.ema_store(), &y, 2, None);
+    let exported = tr.export_store().unwrap();
+    let b = gpu_f(&e, lpn, &exported, &y, 2, None);
     assert_eq!(a, b);
+    // The export is the debiased EMA: (ema − dᵏθ₀)/(1 − dᵏ), θ₀ the seed's initial weights.
+    let (_, pb) = Net::build(&tr.cfg, tr.cfg.train.seed).unwrap();
+    let dk = 0.9f64.powi(40);
+    for (i, (_, _, init)) in pb.into_params().into_iter().enumerate() {
+        let raw = tr.ema_store().tensors()[i].to_vec().unwrap();
+        let got = exported.tensors()[i].to_vec().unwrap();
+        for j in 0..raw.len() {
+            let mut want = (raw[j] as f64 - dk * init[j] as f64) / (1.0 - dk);
+            if lpn.nonneg.contains(&i) {
+                want = want.max(0.0);
+            }
+            assert!(
+                (got[j] as f64 - want).abs() < 1e-5 * (1.0 + want.abs()),
+                "{}[{j}]",
+                lpn.names[i]
+            );
+        }
+    }
 }
 
 #[test]

@@ -292,10 +292,9 @@ fn denoise_test_set(
     }
     crate::cli::sample::write_grid_cols(&a.out, [3 * k, ch, c.size, c.size], &grid, k)?;
     Ok(format!(
-        "MNIST test set, first {n} images ({}×{}), σ = {} on [0, 1] (seed {}):
-         mean PSNR noisy {pn:.2} dB, denoised {pd:.2} dB (+{:.2} dB); {:.1} images/s
-         grid (rows: clean, noisy, denoised) -> {}
-",
+        "MNIST test set, first {n} images ({}×{}), σ = {} on [0, 1] (seed {}):\n  \
+         mean PSNR noisy {pn:.2} dB, denoised {pd:.2} dB ({:+.2} dB); {:.1} images/s\n  \
+         grid (rows: clean, noisy, denoised) -> {}\n",
         c.size,
         c.size,
         a.sigma,

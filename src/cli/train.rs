@@ -214,6 +214,15 @@ pub fn run(engine: &Engine, args: &TrainArgs) -> Result<String> {
             ckpt.display(),
             args.out.join("model.safetensors").display()
         ),
-        None => format!("nothing to do: the run is at step {} of {total}\n", tr.iter),
+        None => {
+            // Re-export the weights from the checkpoint (e.g. after an upgrade of the export).
+            tr.save_model(&args.out.join("model.safetensors"))?;
+            format!(
+                "nothing to train: the run is at step {} of {total}; exported weights {} \
+                 rewritten from the checkpoint\n",
+                tr.iter,
+                args.out.join("model.safetensors").display()
+            )
+        }
     })
 }
