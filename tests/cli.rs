@@ -641,7 +641,7 @@ fn lpn_train_prox_prior_and_denoise_end_to_end() {
         (8 * 10 + 2, 3 * 10 + 2),
         "3 rows of 8 images with 2-pixel gaps"
     );
-    // An LPN is not a UNet for `sample`.
+    // A denoising LPN is not a prox network for `sample`.
     let (ok, text) = run(&[
         "sample",
         "--weights",
@@ -651,7 +651,67 @@ fn lpn_train_prox_prior_and_denoise_end_to_end() {
         "--out",
         tmp("g.png").to_str().unwrap(),
     ]);
-    assert!(!ok && text.contains("learned proximal network"), "{text}");
+    assert!(!ok && text.contains("use `proxdm denoise`"), "{text}");
+    // A convolutional LPN conditioned on (t, λ) samples, deterministically per seed.
+    let cfg = proxdm::models::lpn::LpnConfig {
+        size: 8,
+        hidden: 4,
+        cond: true,
+        emb: 8,
+        ..Default::default()
+    };
+    let (_, pb) = proxdm::models::lpn::Lpn::build(&cfg, 3).unwrap();
+    let e = proxdm::Engine::shared().unwrap();
+    let cw = tmp("cond-lpn.safetensors");
+    proxdm::io::weights::save_lpn(&cw, &cfg, "prox (hybrid)", &pb.finish(&e).unwrap()).unwrap();
+    let draw = |seed: &str, name: &str| {
+        let (g, v) = (tmp(&format!("{name}.png")), tmp(&format!("{name}.npy")));
+        let (ok, text) = run(&[
+            "sample",
+            "--weights",
+            cw.to_str().unwrap(),
+            "--size",
+            "8",
+            "--steps",
+            "5",
+            "--n",
+            "3",
+            "--seed",
+            seed,
+            "--out",
+            g.to_str().unwrap(),
+            "--npy",
+            v.to_str().unwrap(),
+        ]);
+        assert!(ok, "{text}");
+        npy::read(&v).unwrap()
+    };
+    let (a, b, c) = (draw("1", "s1"), draw("1", "s1b"), draw("2", "s2"));
+    assert_eq!(a.shape, vec![3, 1, 8, 8]);
+    assert!(a.data == b.data && a.data != c.data);
+    let (ok, text) = run(&[
+        "sample",
+        "--weights",
+        cw.to_str().unwrap(),
+        "--out",
+        tmp("x.png").to_str().unwrap(),
+    ]);
+    assert!(!ok && text.contains("--size 8"), "{text}");
+    let (ok, text) = run(&[
+        "sample",
+        "--weights",
+        cw.to_str().unwrap(),
+        "--size",
+        "8",
+        "--sampler",
+        "score-ode",
+        "--out",
+        tmp("x.png").to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && text.contains("prox-hybrid or prox-backward"),
+        "{text}"
+    );
     // Weights that break convexity are refused on load, naming the tensor.
     let e = proxdm::Engine::shared().unwrap();
     let (lpn, mut st) = proxdm::io::weights::load_lpn(&w, &e).unwrap();

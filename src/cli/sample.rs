@@ -109,6 +109,9 @@ pub fn draw(engine: &Engine, args: &SampleArgs) -> Result<([usize; 4], Vec<f32>)
             ),
         });
     }
+    if let crate::io::weights::Kind::Lpn(..) = crate::io::weights::kind(&args.weights)? {
+        return draw_lpn(engine, args);
+    }
     let (model, params) = crate::io::weights::load(&args.weights, engine, None)?;
     let kind = model.config.kind;
     let name = args.sampler.clone().unwrap_or_else(|| {
@@ -168,21 +171,80 @@ pub fn draw_images(
 ) -> Result<Vec<f32>> {
     let net = Network { model, params };
     let sde = model.config.sde;
-    let c = model.config.unet.in_ch;
-    let mut out = Vec::with_capacity(n * c * size * size);
+    let shape = [model.config.unet.in_ch, size, size];
+    in_batches(engine, shape, n, seed, batch, |x, s| match sampler {
+        ToySampler::Prox(k) => sample_prox(&net, &sde, k, steps, x, s),
+        ToySampler::Score(k) => sample_score(&net, &sde, k, steps, x, s),
+    })
+}
+
+/// Runs `sample` on `n` initial noises of `shape` (C, H, W), `batch` at a time; a batch's
+/// noise is seeded by `seed` plus the index of its first image.
+fn in_batches(
+    engine: &Engine,
+    shape: [usize; 3],
+    n: usize,
+    seed: u64,
+    batch: usize,
+    mut sample: impl FnMut(crate::tensor::Tensor, u64) -> Result<crate::tensor::Tensor>,
+) -> Result<Vec<f32>> {
+    let [c, h, w] = shape;
+    let mut out = Vec::with_capacity(n * c * h * w);
     let mut done = 0;
     while done < n {
         let b = batch.max(1).min(n - done);
         let s = seed.wrapping_add(done as u64);
-        let x = initial_noise(engine, &[b, c, size, size], s)?;
-        let y = match sampler {
-            ToySampler::Prox(k) => sample_prox(&net, &sde, k, steps, x, s)?,
-            ToySampler::Score(k) => sample_score(&net, &sde, k, steps, x, s)?,
-        };
-        out.extend(y.to_vec()?);
+        let x = initial_noise(engine, &[b, c, h, w], s)?;
+        out.extend(sample(x, s)?.to_vec()?);
         done += b;
     }
     Ok(out)
+}
+
+/// `sample` with a convolutional LPN conditioned on (t, λ) as the prox network (the default
+/// VP SDE, β from 0.1 to 20, as it was trained).
+fn draw_lpn(engine: &Engine, args: &SampleArgs) -> Result<([usize; 4], Vec<f32>)> {
+    let (lpn, params) = crate::io::weights::load_lpn(&args.weights, engine)?;
+    let c = &lpn.config;
+    if !c.cond || c.arch != crate::models::lpn::LpnArch::Conv {
+        return Err(Error::Config(format!(
+            "{} is an LPN {}: `sample` needs a convolutional LPN conditioned on (t, λ) (or UNet \
+             weights)",
+            args.weights.display(),
+            if c.cond {
+                "on points, not images"
+            } else {
+                "denoiser (not conditioned on (t, λ)); use `proxdm denoise`"
+            }
+        )));
+    }
+    let name = args.sampler.as_deref().unwrap_or("prox-hybrid");
+    let Some(ToySampler::Prox(kind)) = sampler_by_name(name) else {
+        return Err(Error::Config(format!(
+            "an LPN is a prox network: use --sampler prox-hybrid or prox-backward, not '{name}'"
+        )));
+    };
+    if args.size != c.size {
+        return Err(Error::Config(format!(
+            "this LPN works on {0}×{0} images: pass --size {0}",
+            c.size
+        )));
+    }
+    if args.n == 0 || args.batch == 0 || args.steps == 0 {
+        return Err(Error::Config(
+            "--n, --batch and --steps must be positive".into(),
+        ));
+    }
+    let net = crate::diffusion::oracles::LpnNetwork {
+        lpn: &lpn,
+        params: &params,
+    };
+    let sde = crate::models::SdeConfig::default();
+    let shape = [c.in_ch, c.size, c.size];
+    let out = in_batches(engine, shape, args.n, args.seed, args.batch, |x, s| {
+        sample_prox(&net, &sde, kind, args.steps, x, s)
+    })?;
+    Ok(([args.n, c.in_ch, c.size, c.size], out))
 }
 
 /// Runs `proxdm sample`; returns a summary line.
