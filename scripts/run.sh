@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # proxdm's main job. With no arguments: make sure a Vulkan driver exists (installs Mesa's
 # lavapipe on Debian 12 when there is no GPU), build proxdm, list the adapters, run the GPU
-# smoke test, then the 2D oracle experiment on a built-in dataset (table and figure in out/).
+# smoke test, then the 2D oracle experiment on a built-in dataset (table and figure in out/),
+# with the shipped 2D LPN's rows beside the oracle's.
 # With arguments: build, then run `proxdm ARGS...`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +16,8 @@ if [ "$#" -eq 0 ]; then
   echo "[run] proxdm smoke" >&2
   ./target/release/proxdm smoke
   mkdir -p out
-  echo "[run] proxdm toy --dataset swissroll (every sampler, 5..40 steps, W1/W2 to the target)" >&2
-  ./target/release/proxdm toy --dataset swissroll --out out/toy-swissroll.csv --plot out/toy-swissroll.png
+  echo "[run] proxdm toy --dataset swissroll --prox lpn (every sampler, 5..40 steps, W1/W2 to the target; oracle and learned prox)" >&2
+  ./target/release/proxdm toy --dataset swissroll --prox lpn --out out/toy-swissroll.csv --plot out/toy-swissroll.png
 else
   ./target/release/proxdm "$@"
 fi
