@@ -12,7 +12,7 @@
 //! Two architectures, named as the reference's modules (`lin.k` the chain whose k ≥ 1 weights
 //! are non-negative, `res.k` the maps from y):
 //! - `mlp`: y ∈ R^d; `layers` hidden→hidden maps; output w·z + h·y, as the reference's 1-D LPN
-//!   (less its constant term, which f does not see).
+//!   (less its constant term, which f does not see); conditioned, h = h(t, λ).
 //! - `conv`: (C, S, S) images, S divisible by 4, as the reference's MNIST LPN: 3×3 convolutions
 //!   S → S/2 (stride 2) → S/2 → S/4 (stride 2) on z, convolutions of y bilinearly downscaled to
 //!   each scale, then linear maps to a hidden vector of 64 and to the scalar.
@@ -291,11 +291,6 @@ impl Lpn {
         // and its gradient never expands (a slope in (0, 1)), so far from the data f stays a
         // contraction plus the ICNN's bounded slopes. Initialised to the identity:
         // 2α + sigmoid(a) = 1, a constant in (t, λ).
-        let cond_shift = (c.cond && c.arch == LpnArch::Mlp).then(|| Map {
-            w: pb.constant("cond_shift.weight".into(), &[d, 2 * c.emb], 0.0),
-            b: Some(pb.constant("cond_shift.bias".into(), &[d], 0.0)),
-            stride: 1,
-        });
         let cond_alpha = c.cond.then(|| {
             let s = (1.0 - 2.0 * c.alpha as f64).clamp(1e-3, 1.0 - 1e-3);
             Map {
@@ -303,6 +298,12 @@ impl Lpn {
                 b: Some(pb.constant("cond_alpha.bias".into(), &[1], (s / (1.0 - s)).ln() as f32)),
                 stride: 1,
             }
+        });
+        // The conditioned MLP's linear term ⟨h(t, λ), y⟩, zero at initialisation.
+        let cond_shift = (c.cond && c.arch == LpnArch::Mlp).then(|| Map {
+            w: pb.constant("cond_shift.weight".into(), &[d, 2 * c.emb], 0.0),
+            b: Some(pb.constant("cond_shift.bias".into(), &[d], 0.0)),
+            stride: 1,
         });
         let mut nonneg_idx: Vec<usize> = layers
             .iter()
