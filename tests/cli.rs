@@ -782,3 +782,133 @@ fn toy_with_the_shipped_2d_lpn_adds_learned_prox_rows() {
     ]);
     assert!(!ok && text.contains("not an LPN"), "{text}");
 }
+
+#[test]
+fn shipped_lpn_weights_run_through_prox_prior_and_denoise() {
+    // The MNIST LPN denoiser: a synthetic 28×28 digit-like image (a ring), noise added.
+    let w = "weights/mnist-lpn-denoiser.safetensors";
+    let img = proxdm::io::image::Image {
+        c: 1,
+        h: 28,
+        w: 28,
+        data: (0..784)
+            .map(|p| {
+                let (y, x) = ((p / 28) as f32 - 13.5, (p % 28) as f32 - 13.5);
+                let r = (x * x + y * y).sqrt();
+                if (6.0..9.0).contains(&r) { 1.0 } else { -1.0 }
+            })
+            .collect(),
+    };
+    let png = tmp("ring.png");
+    proxdm::io::image::write_png(&png, &img).unwrap();
+    let out = tmp("ring-denoised.png");
+    let (ok, text) = run(&[
+        "denoise",
+        "--weights",
+        w,
+        "--input",
+        png.to_str().unwrap(),
+        "--sigma",
+        "0.1",
+        "--add-noise",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    let db = |key: &str| -> f64 {
+        text.split(key)
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .trim_end_matches(',')
+            .parse()
+            .unwrap()
+    };
+    // The learned denoiser removes noise from a shape it never saw (a ring, not a digit).
+    assert!(db("denoised ") > db("noisy ") + 3.0, "{text}");
+    // prox (f = ∇ψ) and prior (R) on two images.
+    let x = tmp("two.npy");
+    let mut data = img.data.clone();
+    data.extend(img.data.iter().map(|v| v * 0.5));
+    npy::write(
+        &x,
+        &npy::Array {
+            shape: vec![2, 1, 28, 28],
+            data,
+        },
+    )
+    .unwrap();
+    let (ok, text) = run(&[
+        "prox",
+        "--weights",
+        w,
+        "--input",
+        x.to_str().unwrap(),
+        "--out",
+        tmp("fx.npy").to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    let (ok, text) = run(&[
+        "prior",
+        "--weights",
+        w,
+        "--tol",
+        "1e-3",
+        "--input",
+        x.to_str().unwrap(),
+        "--out",
+        tmp("rx.npy").to_str().unwrap(),
+    ]);
+    assert!(ok && text.contains("2/2 converged"), "{text}");
+    // The 2D LPN on (t, λ): prox and prior at one (t, λ).
+    let w2 = "weights/toy-lpn-swissroll.safetensors";
+    let p = tmp("pts.npy");
+    npy::write(
+        &p,
+        &npy::Array {
+            shape: vec![3, 2],
+            data: vec![0.5, -0.2, 0.0, 0.0, -1.0, 0.7],
+        },
+    )
+    .unwrap();
+    let (ok, text) = run(&[
+        "prox",
+        "--weights",
+        w2,
+        "--input",
+        p.to_str().unwrap(),
+        "--t",
+        "0.3",
+        "--lambda",
+        "0.05",
+        "--out",
+        tmp("fp.npy").to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    let (ok, text) = run(&[
+        "prior",
+        "--weights",
+        w2,
+        "--input",
+        p.to_str().unwrap(),
+        "--t",
+        "0.3",
+        "--lambda",
+        "0.05",
+        "--out",
+        tmp("rp.npy").to_str().unwrap(),
+    ]);
+    assert!(ok && text.contains("3/3 converged"), "{text}");
+    let (ok, text) = run(&[
+        "prox",
+        "--weights",
+        w2,
+        "--input",
+        p.to_str().unwrap(),
+        "--out",
+        tmp("fp.npy").to_str().unwrap(),
+    ]);
+    assert!(!ok && text.contains("pass --t and --lambda"), "{text}");
+}
