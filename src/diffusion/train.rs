@@ -486,13 +486,13 @@ impl<'d> Trainer<'d> {
         };
         let g = Graph::new(&e);
         let p = self.store.vars(&g);
-        if let Net::Lpn(lpn) = &self.model {
+        let (out, target) = if let Net::Lpn(lpn) = &self.model {
             // f = ∇_y ψ(y), kept differentiable: the loss's gradient is the second-order pass.
             let tl32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
             let (t32, l32) = (tl32(&ts), tl32(&lambda));
             let cond = lpn.config.cond.then_some((&t32[..], &l32[..]));
             let f = lpn.prox(&g, &p, &input, cond, true)?;
-            let (out, target) = if lpn.config.cond {
+            if lpn.config.cond {
                 // As the prox UNet: compare g = (y − f(y))/√λ with z₂.
                 let inv = col(lambda.iter().map(|&l| (1.0 / l.sqrt()) as f32).collect())?;
                 let g_out = g.mul(&g.sub(&g.constant(input), &f)?, &g.constant(inv))?;
@@ -500,31 +500,25 @@ impl<'d> Trainer<'d> {
             } else {
                 // A denoiser: compare f(y) with the clean image (the LPN paper's objective).
                 (f, x0)
+            }
+        } else {
+            let Net::Unet(model) = &self.model else {
+                unreachable!("LPN handled above")
             };
-            let loss = g.loss(kind, &out, &g.constant(target))?;
-            let refs: Vec<_> = p.iter().collect();
-            let grads = g
-                .backward(&loss, &refs, false)?
-                .into_iter()
-                .map(|d| d.map(|d| d.tensor().clone()))
-                .collect();
-            return Ok((loss.tensor().clone(), grads));
-        }
-        let Net::Unet(model) = &self.model else {
-            unreachable!("LPN handled above")
+            let be = Gpu {
+                graph: &g,
+                dropout_seed: Some(seed ^ 0xd209 ^ ((it as u64) << 16)),
+            };
+            let lam_var = lam.map(|l| g.constant(l));
+            let out = model.eps(
+                &be,
+                &p,
+                &g.constant(input),
+                &g.constant(t),
+                lam_var.as_ref(),
+            )?;
+            (out, target)
         };
-        let be = Gpu {
-            graph: &g,
-            dropout_seed: Some(seed ^ 0xd209 ^ ((it as u64) << 16)),
-        };
-        let lam_var = lam.map(|l| g.constant(l));
-        let out = model.eps(
-            &be,
-            &p,
-            &g.constant(input),
-            &g.constant(t),
-            lam_var.as_ref(),
-        )?;
         let loss = g.loss(kind, &out, &g.constant(target))?;
         let refs: Vec<_> = p.iter().collect();
         let grads = g
