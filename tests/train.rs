@@ -30,6 +30,7 @@ fn setup() -> Setup {
             num_res_blocks: 1,
             dropout: 0.1,
             in_ch: 1,
+            ..Default::default()
         },
         sde: Default::default(),
     };
@@ -77,12 +78,11 @@ fn step(s: &mut Setup, k: u64) -> Tensor {
     let xt = g
         .add(&g.mul(&x0, &c(&a)).unwrap(), &g.mul(&z, &c(&b)).unwrap())
         .unwrap();
-    let tv = g.constant(Tensor::from_slice(&s.e, &[n], &s.t).unwrap());
     let be = Gpu {
         graph: &g,
         dropout_seed: Some(1000 + k),
     };
-    let eps = s.model.eps(&be, &p, &xt, &tv, None).unwrap();
+    let eps = s.model.eps(&be, &p, &xt, &s.t, None).unwrap();
     let loss = g.loss(Loss::Mse, &eps, &z).unwrap();
     let refs: Vec<_> = p.iter().collect();
     let grads = g.backward(&loss, &refs, false).unwrap();

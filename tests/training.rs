@@ -31,6 +31,7 @@ fn tiny(kind: ModelKind, train: TrainConfig) -> RunConfig {
             num_res_blocks: 1,
             dropout: 0.1,
             in_ch: 1,
+            ..Default::default()
         },
         sde: SdeConfig::default(),
         lpn: None,
@@ -365,6 +366,7 @@ fn a_training_step_matches_the_cpu_reference() {
     train.step_candidates = vec![5, 20];
     let mut cfg = tiny(ModelKind::Prox, train);
     cfg.unet.dropout = 0.0; // no masks to reproduce
+    cfg.unet.skip = proxdm::models::Skip::Gaussian;
     let mut tr = Trainer::new(&e, cfg.clone(), &data).unwrap();
     // The reference initialises the last conv of each block near zero; give every parameter a
     // size so that gradients reach all of them (finite differences need them well above noise).
@@ -403,7 +405,18 @@ fn a_training_step_matches_the_cpu_reference() {
         let xt = sde.alpha(t).sqrt() * x0[i] as f64 + (1.0 - sde.alpha(t)).sqrt() * z1;
         y[i] = xt + lam.sqrt() * z2[i];
     }
-    let (model, _) = proxdm::models::Model::build(&cfg.model(), 0).unwrap();
+    // The bare UNet on the CPU; the Gaussian skip √λ/(v_t + λ)·y, v_t = 1 − α(t)(1 − ¼), added
+    // below from its definition.
+    let mut bare = cfg.model();
+    bare.unet.skip = proxdm::models::Skip::None;
+    let (model, _) = proxdm::models::Model::build(&bare, 0).unwrap();
+    let skip: Vec<f64> = (0..b * m)
+        .map(|i| {
+            let (t, lam) = (draws.t[i / m], draws.lambda[i / m]);
+            let v = 1.0 - sde.alpha(t) * 0.75;
+            lam.sqrt() / (v + lam) * y[i]
+        })
+        .collect();
     let shapes: Vec<Vec<usize>> = tr
         .store
         .tensors()
@@ -417,6 +430,7 @@ fn a_training_step_matches_the_cpu_reference() {
             .map(|(p, s)| HostTensor::new(s, p.iter().map(|&v| v as f64).collect()))
             .collect()
     };
+    let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
     let cpu_loss = |params: &[Vec<f32>], bump: Option<(usize, usize, f64)>| -> f64 {
         let mut hp = host(params);
         if let Some((i, j, h)) = bump {
@@ -427,11 +441,12 @@ fn a_training_step_matches_the_cpu_reference() {
                 &Cpu,
                 &hp,
                 &HostTensor::new(&[b, 1, 8, 8], y.clone()),
-                &HostTensor::new(&[b], draws.t.clone()),
-                Some(&HostTensor::new(&[b], draws.lambda.clone())),
+                &f32s(&draws.t),
+                Some(&f32s(&draws.lambda)),
             )
             .unwrap();
-        loss::cpu::loss(Loss::ProxMatch { zeta: 1.0 }, &g.data, &z2, b)
+        let g: Vec<f64> = g.data.iter().zip(&skip).map(|(a, s)| a + s).collect();
+        loss::cpu::loss(Loss::ProxMatch { zeta: 1.0 }, &g, &z2, b)
     };
     let (gpu_loss, grads) = tr.loss_and_grads(0).unwrap();
     let want = cpu_loss(&theta0, None);

@@ -3,7 +3,7 @@
 //! reference parameter names and counts, determinism.
 
 use proxdm::graph::{Graph, Var};
-use proxdm::models::{Model, ModelConfig, ModelKind, UNetConfig};
+use proxdm::models::{Model, ModelConfig, ModelKind, Skip, UNetConfig};
 use proxdm::nn::{Cpu, Gpu, HostTensor};
 use proxdm::{Engine, Tensor};
 
@@ -21,6 +21,12 @@ fn tiny(kind: ModelKind) -> ModelConfig {
             num_res_blocks: 1,
             dropout: 0.0,
             in_ch: 1,
+            // The prox network carries the Gaussian skip so every check below covers it.
+            skip: if kind == ModelKind::Prox {
+                Skip::Gaussian
+            } else {
+                Skip::None
+            },
         },
         sde: Default::default(),
     }
@@ -80,8 +86,7 @@ fn unet_forward_and_parameter_gradients_match_the_cpu_reference() {
     let mut r = Lcg(99);
     let (n, hw) = (2, 4);
     let x = HostTensor::new(&[n, 1, hw, hw], r.vec(n * hw * hw, 1.0));
-    let t = HostTensor::new(&[n], vec![0.3f32 as f64, 0.8f32 as f64]);
-    let l = HostTensor::new(&[n], vec![0.05f32 as f64, 0.5f32 as f64]);
+    let (t, l) = ([0.3f32, 0.8], [0.05f32, 0.5]);
     let w = HostTensor::new(&[n, 1, hw, hw], r.vec(n * hw * hw, 1.0));
 
     let cpu_loss = |p: &[HostTensor]| -> f64 {
@@ -96,12 +101,8 @@ fn unet_forward_and_parameter_gradients_match_the_cpu_reference() {
         graph: &g,
         dropout_seed: None,
     };
-    let (xv, tv, lv) = (
-        g.constant(upload(&e, &x)),
-        g.constant(upload(&e, &t)),
-        g.constant(upload(&e, &l)),
-    );
-    let out = model.eps(&be, &pv, &xv, &tv, Some(&lv)).unwrap();
+    let xv = g.constant(upload(&e, &x));
+    let out = model.eps(&be, &pv, &xv, &t, Some(&l)).unwrap();
     let gpu_out = out.tensor().to_vec().unwrap();
     let scale = cpu_out.data.iter().map(|v| v.abs()).fold(0.0, f64::max);
     for (a, b) in gpu_out.iter().zip(&cpu_out.data) {
@@ -183,12 +184,58 @@ fn parameter_names_and_counts_follow_the_reference() {
             num_res_blocks: 2,
             dropout: 0.1,
             in_ch: 3,
+            ..Default::default()
         },
         sde: Default::default(),
     };
     let (_, pb) = Model::build(&cifar, 0).unwrap();
     let n: usize = pb.into_params().iter().map(|p| p.2.len()).sum();
     assert_eq!(n, 35_746_307, "DDPM CIFAR-10 UNet parameter count");
+}
+
+/// With the UNet's last convolution zeroed, a prox network with the Gaussian skip is the
+/// closed-form prox of N(0, v_t I), v_t = α(t)σ_d² + 1 − α(t) with σ_d = 0.5: v_t·y/(v_t + λ);
+/// without the skip it is the identity.
+#[test]
+fn the_gaussian_skip_is_the_prox_of_the_gaussian_marginal() {
+    let e = engine();
+    let (t, lam) = ([0.05f32, 0.5, 0.95], [0.02f32, 0.4, 1.9]);
+    let y: Vec<f32> = Lcg(5).vec(3 * 16, 2.0).iter().map(|&v| v as f32).collect();
+    for skip in [Skip::Gaussian, Skip::None] {
+        let mut cfg = tiny(ModelKind::Prox);
+        cfg.unet.skip = skip;
+        let (model, pb) = Model::build(&cfg, 0).unwrap();
+        let params: Vec<Tensor> = pb
+            .into_params()
+            .into_iter()
+            .map(|(name, shape, data)| {
+                let zero = name.starts_with("unet.tail.2.");
+                let data: Vec<f32> = data.iter().map(|&v| if zero { 0.0 } else { v }).collect();
+                Tensor::from_slice(&e, &shape, &data).unwrap()
+            })
+            .collect();
+        let g = Graph::inference(&e);
+        let p: Vec<Var> = params.into_iter().map(|t| g.constant(t)).collect();
+        let yv = g.constant(Tensor::from_slice(&e, &[3, 1, 4, 4], &y).unwrap());
+        let got = model
+            .prox(&g, &p, &yv, &t, &lam)
+            .unwrap()
+            .tensor()
+            .to_vec()
+            .unwrap();
+        for (i, (a, &yi)) in got.iter().zip(&y).enumerate() {
+            let (ti, li) = (t[i / 16] as f64, lam[i / 16] as f64);
+            let v = 1.0 - cfg.sde.alpha(ti) * 0.75;
+            let want = match skip {
+                Skip::Gaussian => v * yi as f64 / (v + li),
+                Skip::None => yi as f64,
+            };
+            assert!(
+                (*a as f64 - want).abs() < 1e-5,
+                "{skip:?} [{i}]: {a} vs {want}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -24,6 +24,7 @@ fn cfg() -> ModelConfig {
             num_res_blocks: 1,
             dropout: 0.0,
             in_ch: 1,
+            ..Default::default()
         },
         sde: Default::default(),
     }

@@ -219,8 +219,8 @@ struct ModelBench {
     model: Model,
     store: crate::graph::ParamStore,
     x: Tensor,
-    t: Tensor,
-    lambda: Tensor,
+    t: Vec<f32>,
+    lambda: Vec<f32>,
 }
 
 impl ModelBench {
@@ -236,8 +236,8 @@ impl ModelBench {
             cfg,
             model,
             x: randn(e, &[batch, 1, 32, 32], 11)?,
-            t: Tensor::full(e, &[batch], 0.5)?,
-            lambda: Tensor::full(e, &[batch], 0.05)?,
+            t: vec![0.5; batch],
+            lambda: vec![0.05; batch],
         })
     }
 
@@ -250,8 +250,8 @@ impl ModelBench {
                 &Gpu::inference(&g),
                 &p,
                 &g.constant(self.x.clone()),
-                &g.constant(self.t.clone()),
-                Some(&g.constant(self.lambda.clone())),
+                &self.t,
+                Some(&self.lambda),
             )
             .map(drop)
     }
@@ -267,8 +267,8 @@ impl ModelBench {
             &be,
             &p,
             &g.constant(self.x.clone()),
-            &g.constant(self.t.clone()),
-            Some(&g.constant(self.lambda.clone())),
+            &self.t,
+            Some(&self.lambda),
         )?;
         let l = g.loss(Loss::L1, &out, &g.constant(self.x.clone()))?;
         let refs: Vec<_> = p.iter().collect();

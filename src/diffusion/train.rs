@@ -469,27 +469,21 @@ impl<'d> Trainer<'d> {
             .map(|&t| (1.0 - sde.alpha(t)).sqrt() as f32)
             .collect())?;
         let xt = elementwise::add(&elementwise::mul(&x0, &sa)?, &elementwise::mul(&z1, &sb)?)?;
-        let t = Tensor::from_slice(&e, &[b], &ts.iter().map(|&t| t as f32).collect::<Vec<_>>())?;
-        let (input, target, lam) = match self.cfg.kind {
+        let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+        let (t32, l32) = (f32s(&ts), f32s(&lambda));
+        let (input, target, prox) = match self.cfg.kind {
             ModelKind::Prox | ModelKind::Lpn => {
                 let z2 = noise::randn(&e, &shape, seed, stream.wrapping_add(2))?;
                 let sl = col(lambda.iter().map(|&l| l.sqrt() as f32).collect())?;
                 let y = elementwise::add(&xt, &elementwise::mul(&z2, &sl)?)?;
-                let lam = Tensor::from_slice(
-                    &e,
-                    &[b],
-                    &lambda.iter().map(|&l| l as f32).collect::<Vec<_>>(),
-                )?;
-                (y, z2, Some(lam))
+                (y, z2, true)
             }
-            ModelKind::Score => (xt, z1, None),
+            ModelKind::Score => (xt, z1, false),
         };
         let g = Graph::new(&e);
         let p = self.store.vars(&g);
         let (out, target) = if let Net::Lpn(lpn) = &self.model {
             // f = ∇_y ψ(y), kept differentiable: the loss's gradient is the second-order pass.
-            let tl32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
-            let (t32, l32) = (tl32(&ts), tl32(&lambda));
             let cond = lpn.config.cond.then_some((&t32[..], &l32[..]));
             let f = lpn.prox(&g, &p, &input, cond, true)?;
             if lpn.config.cond {
@@ -509,14 +503,8 @@ impl<'d> Trainer<'d> {
                 graph: &g,
                 dropout_seed: Some(seed ^ 0xd209 ^ ((it as u64) << 16)),
             };
-            let lam_var = lam.map(|l| g.constant(l));
-            let out = model.eps(
-                &be,
-                &p,
-                &g.constant(input),
-                &g.constant(t),
-                lam_var.as_ref(),
-            )?;
+            let lam = prox.then_some(&l32[..]);
+            let out = model.eps(&be, &p, &g.constant(input), &t32, lam)?;
             (out, target)
         };
         let loss = g.loss(kind, &out, &g.constant(target))?;

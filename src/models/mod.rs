@@ -5,4 +5,4 @@ pub mod classifier;
 pub mod lpn;
 pub mod unet;
 
-pub use unet::{Model, ModelConfig, ModelKind, SdeConfig, UNetConfig};
+pub use unet::{Model, ModelConfig, ModelKind, SdeConfig, Skip, UNetConfig};

@@ -23,7 +23,27 @@ pub struct UNetConfig {
     pub dropout: f32,
     /// Image channels in and out.
     pub in_ch: usize,
+    /// Prox networks only: an analytic term added to the network's output (see [`Skip`]).
+    pub skip: Skip,
 }
+
+/// What a prox network adds to its UNet's output g.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Skip {
+    /// g = UNet(y, t, λ): the paper's ε-parameterisation.
+    #[default]
+    None,
+    /// g = UNet(y, t, λ) + √λ/(v_t + λ)·y, v_t = 1 − α(t)(1 − σ_d²), σ_d = 0.5: the ε of the
+    /// prox of N(0, v_t I), the marginal p_t of data with variance σ_d². The UNet learns only
+    /// the departure from that Gaussian prox, and the prox stays linear in y where the UNet's
+    /// output, bounded by its final GroupNorm, cannot follow: the hybrid sampler's first
+    /// large steps feed it y ≈ 1.4× the norm of any training input at that (t, λ).
+    Gaussian,
+}
+
+/// σ_d of [`Skip::Gaussian`].
+pub const SKIP_SIGMA_DATA: f64 = 0.5;
 
 impl Default for UNetConfig {
     /// The small preset: ch 32, mult [1, 2, 2], attention at level 1, one block per level.
@@ -35,6 +55,7 @@ impl Default for UNetConfig {
             num_res_blocks: 1,
             dropout: 0.1,
             in_ch: 1,
+            skip: Skip::None,
         }
     }
 }
@@ -50,6 +71,7 @@ impl UNetConfig {
             num_res_blocks: 2,
             dropout: 0.1,
             in_ch: 1,
+            skip: Skip::None,
         }
     }
 }
@@ -143,6 +165,9 @@ impl ModelConfig {
         }
         if u.num_res_blocks == 0 || u.in_ch == 0 || !(0.0..1.0).contains(&u.dropout) {
             return bad("unet.num_res_blocks and in_ch must be ≥ 1 and 0 ≤ dropout < 1".into());
+        }
+        if u.skip != Skip::None && self.kind != ModelKind::Prox {
+            return bad("unet.skip is for prox networks: remove it from a score config".into());
         }
         if !(self.sde.beta_min > 0.0 && self.sde.beta_max > self.sde.beta_min) {
             return bad(format!(
@@ -323,8 +348,6 @@ impl Model {
         ))
     }
 
-    /// The network output (predicted noise) for x (N, C, H, W), t (N) and, for a prox
-    /// network, λ (N).
     /// FLOPs of one forward on one `size`×`size` image (convolutions, linear layers and
     /// attention products; see [`crate::nn::flops`]), counted by running the forward on shapes.
     pub fn forward_flops(&self, size: usize) -> Result<f64> {
@@ -332,18 +355,20 @@ impl Model {
         let params: Vec<Vec<usize>> = pb.into_params().into_iter().map(|p| p.1).collect();
         let be = crate::nn::flops::Flops::default();
         let x = vec![1, self.config.unet.in_ch, size, size];
-        let lamb = (self.config.kind == ModelKind::Prox).then(|| vec![1]);
-        self.eps(&be, &params, &x, &vec![1], lamb.as_ref())?;
+        let lamb = (self.config.kind == ModelKind::Prox).then_some(&[0.5f32][..]);
+        self.eps(&be, &params, &x, &[0.5], lamb)?;
         Ok(be.total())
     }
 
+    /// The network output (predicted noise) for x (N, C, H, W), t (N) and, for a prox
+    /// network, λ (N), with the configured [`Skip`].
     pub fn eps<B: Backend>(
         &self,
         be: &B,
         p: &[B::T],
         x: &B::T,
-        t: &B::T,
-        lamb: Option<&B::T>,
+        t: &[f32],
+        lamb: Option<&[f32]>,
     ) -> Result<B::T> {
         let s = be.shape(x).to_vec();
         let levels = self.config.unet.ch_mult.len() as u32;
@@ -357,14 +382,38 @@ impl Model {
                 ),
             ));
         }
-        let temb = self.time.forward(be, p, t)?;
+        let n = s[0];
+        if t.len() != n || lamb.is_some_and(|l| l.len() != n) {
+            return Err(Error::shape(
+                "unet",
+                format!("{n} samples need {n} values of t (and of λ)"),
+            ));
+        }
+        let temb = self.time.forward(be, p, &be.constant(&[n], t)?)?;
         let emb = match (&self.lamb, lamb) {
-            (Some(le), Some(l)) => be.concat_cols(&temb, &le.forward(be, p, l)?)?,
+            (Some(le), Some(l)) => {
+                be.concat_cols(&temb, &le.forward(be, p, &be.constant(&[n], l)?)?)?
+            }
             (None, None) => temb,
             (Some(_), None) => return Err(Error::shape("unet", "a prox network needs λ")),
             (None, Some(_)) => return Err(Error::shape("unet", "a score network takes no λ")),
         };
-        self.unet.forward(be, p, x, &emb)
+        let out = self.unet.forward(be, p, x, &emb)?;
+        match (self.config.unet.skip, lamb) {
+            (Skip::Gaussian, Some(l)) => {
+                let c: Vec<f32> = t
+                    .iter()
+                    .zip(l)
+                    .map(|(&t, &l)| {
+                        let v =
+                            1.0 - self.config.sde.alpha(t as f64) * (1.0 - SKIP_SIGMA_DATA.powi(2));
+                        ((l as f64).sqrt() / (v + l as f64)) as f32
+                    })
+                    .collect();
+                be.add(&out, &be.mul(x, &be.constant(&[n, 1, 1, 1], &c)?)?)
+            }
+            _ => Ok(out),
+        }
     }
 
     /// prox_{−λ ln p_t}(y) = y − √λ·g(y, t, λ) for per-sample t and λ.
@@ -383,9 +432,7 @@ impl Model {
             ));
         }
         let e = g.engine();
-        let tv = g.constant(Tensor::from_slice(e, &[n], t)?);
-        let lv = g.constant(Tensor::from_slice(e, &[n], lamb)?);
-        let eps = self.eps(&crate::nn::Gpu::inference(g), p, y, &tv, Some(&lv))?;
+        let eps = self.eps(&crate::nn::Gpu::inference(g), p, y, t, Some(lamb))?;
         let coef: Vec<f32> = lamb.iter().map(|l| -l.sqrt()).collect();
         let c = g.constant(Tensor::from_slice(e, &[n, 1, 1, 1], &coef)?);
         g.add(y, &g.mul(&eps, &c)?)
@@ -407,8 +454,7 @@ impl Model {
             ));
         }
         let e = g.engine();
-        let tv = g.constant(Tensor::from_slice(e, &[n], t)?);
-        let eps = self.eps(&crate::nn::Gpu::inference(g), p, x, &tv, None)?;
+        let eps = self.eps(&crate::nn::Gpu::inference(g), p, x, t, None)?;
         let coef: Vec<f32> = t
             .iter()
             .map(|&t| (-1.0 / (1.0 - self.config.sde.alpha(t as f64)).sqrt()) as f32)
