@@ -609,15 +609,32 @@ fn gradient_clipping_rescales_to_the_global_norm() {
     }
 }
 
-/// The shipped run configs parse and validate.
+/// The shipped MNIST run configs parse and validate, and the score baseline has the prox run's
+/// network (but for the prox-only skip) and budget.
 #[test]
 fn shipped_run_configs_are_valid() {
-    for name in ["mnist-small.toml", "mnist-small-score.toml"] {
+    let read = |name: &str| {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("configs")
             .join(name);
-        let cfg = RunConfig::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(cfg.unet, UNetConfig::default(), "{name}: the small preset");
-        assert_eq!(cfg.train.iters, 6000, "{name}: the same budget");
-    }
+        RunConfig::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let (prox, score) = (read("mnist-small.toml"), read("mnist-small-score.toml"));
+    assert_eq!(prox.unet.skip, proxdm::models::Skip::Gaussian);
+    let bare = UNetConfig {
+        skip: proxdm::models::Skip::None,
+        ..prox.unet.clone()
+    };
+    assert_eq!(bare, UNetConfig::default(), "the small preset");
+    assert_eq!(score.unet, UNetConfig::default(), "the small preset");
+    let (p, s) = (&prox.train, &score.train);
+    assert_eq!(
+        (p.iters, p.batch, p.grad_clip, p.ema_decay),
+        (s.iters, s.batch, s.grad_clip, s.ema_decay),
+        "the same budget"
+    );
+    assert_eq!(
+        p.l1_lr, s.lr,
+        "the same learning rate until proximal matching"
+    );
 }
