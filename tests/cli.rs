@@ -373,16 +373,25 @@ fn classifier_and_eval_end_to_end() {
         .lines()
         .map(String::from)
         .collect();
-    // prox-hybrid at 2 and 10 steps, prox-backward at 10 only (undefined below 10); no score
-    // sampler for prox weights.
-    assert_eq!(rows.len(), 4, "{rows:?}");
-    assert!(rows[1].starts_with("tiny-prox,prox-hybrid,2,"), "{rows:?}");
+    // The floor (8 real training images), prox-hybrid at 2 and 10 steps, prox-backward at 10
+    // only (undefined below 10); no score sampler for prox weights.
+    assert_eq!(rows.len(), 5, "{rows:?}");
     assert!(
-        rows[3].starts_with("tiny-prox,prox-backward,10,"),
+        rows[1].starts_with("mnist-train,real images,—,"),
         "{rows:?}"
     );
-    let fd: f64 = rows[1].split(',').nth(3).unwrap().parse().unwrap();
-    assert!(fd.is_finite() && fd >= 0.0);
+    assert!(rows[2].starts_with("tiny-prox,prox-hybrid,2,"), "{rows:?}");
+    assert!(
+        rows[4].starts_with("tiny-prox,prox-backward,10,"),
+        "{rows:?}"
+    );
+    let fd = |r: &str| -> f64 { r.split(',').nth(3).unwrap().parse().unwrap() };
+    let (floor, untrained) = (fd(&rows[1]), fd(&rows[2]));
+    assert!(floor.is_finite() && floor >= 0.0 && untrained.is_finite());
+    assert!(
+        floor < untrained,
+        "real images {floor} must score closer than an untrained network's {untrained}"
+    );
     assert!(
         png::Decoder::new(std::io::Cursor::new(std::fs::read(&png).unwrap()))
             .read_info()
@@ -911,4 +920,75 @@ fn shipped_lpn_weights_run_through_prox_prior_and_denoise() {
         tmp("fp.npy").to_str().unwrap(),
     ]);
     assert!(!ok && text.contains("pass --t and --lambda"), "{text}");
+}
+
+/// `sample` with no --weights uses the shipped MNIST ProxDM weights: 10 hybrid steps give a
+/// grid of the right size, the same images for the same seed and others for another, and
+/// images the shipped classifier (trained separately, on real digits) reads as digits of
+/// several classes with a confidence that pure noise does not get.
+#[test]
+fn sample_with_the_shipped_mnist_weights_gives_digits() {
+    let sample = |seed: &str| {
+        let (png, npy) = (tmp(&format!("s{seed}.png")), tmp(&format!("s{seed}.npy")));
+        let (ok, out) = run(&[
+            "sample",
+            "--n",
+            "16",
+            "--steps",
+            "10",
+            "--seed",
+            seed,
+            "--out",
+            png.to_str().unwrap(),
+            "--npy",
+            npy.to_str().unwrap(),
+        ]);
+        assert!(ok, "{out}");
+        let arr = npy::read(&npy).unwrap();
+        assert_eq!(arr.shape, vec![16, 1, 32, 32]);
+        (std::fs::read(png).unwrap(), arr.data)
+    };
+    let (a, x) = sample("1");
+    let (b, _) = sample("1");
+    let (other, _) = sample("2");
+    assert_eq!(a, b, "same seed, same images");
+    assert_ne!(a, other, "another seed, other images");
+    // 16 images: a 4 × 4 grid of 32-pixel images with 2-pixel gaps → 138 × 138.
+    let dec = png::Decoder::new(std::io::Cursor::new(&a))
+        .read_info()
+        .unwrap();
+    assert_eq!((dec.info().width, dec.info().height), (138, 138));
+
+    let e = proxdm::Engine::new().unwrap();
+    let scorer = proxdm::diffusion::metric::Scorer::load(
+        std::path::Path::new("weights/mnist-classifier.safetensors"),
+        &e,
+    )
+    .unwrap();
+    let stats = |images: &[f32]| {
+        let (_, probs) = scorer.evaluate(&e, images, 16).unwrap();
+        let mut classes = std::collections::BTreeSet::new();
+        let mut conf = 0.0;
+        for p in probs.chunks(10) {
+            let k = (0..10).max_by(|&i, &j| p[i].total_cmp(&p[j])).unwrap();
+            classes.insert(k);
+            conf += p[k] / 16.0;
+        }
+        (conf, classes.len())
+    };
+    let (conf, classes) = stats(&x);
+    // The control: uniform noise in [-1, 1] of the same shape.
+    let mut r = proxdm::diffusion::train::SplitMix::new(3);
+    let noise: Vec<f32> = (0..x.len())
+        .map(|_| r.uniform() as f32 * 2.0 - 1.0)
+        .collect();
+    let (noise_conf, _) = stats(&noise);
+    // MNIST is dark background with bright strokes: most pixels near −1.
+    let dark = x.iter().filter(|&&v| v < -0.5).count() as f64 / x.len() as f64;
+    assert!(x.iter().all(|v| v.is_finite()), "samples must be finite");
+    assert!(
+        conf > noise_conf + 0.1 && classes >= 5 && dark > 0.75,
+        "samples: confidence {conf:.3} over {classes} classes (noise: {noise_conf:.3}), \
+         {dark:.3} of pixels dark"
+    );
 }

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::path::PathBuf;
 
 use crate::cli::sample::{draw_images, sampler_by_name};
-use crate::diffusion::metric::{Scorer, mean_cov, report};
+use crate::diffusion::metric::{SampleReport, Scorer, mean_cov, report};
 use crate::diffusion::toy::ToySampler;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -79,6 +79,31 @@ pub fn run(engine: &Engine, args: &EvalArgs) -> Result<String> {
         "H(class)"
     );
     let mut csv = String::from("weights,sampler,steps,fd,confidence,class_entropy,histogram\n");
+    let mut row = |wname: &str, name: &str, steps: &str, r: &SampleReport| {
+        let hist = r
+            .histogram
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let _ = writeln!(
+            table,
+            "{wname:<28} {name:<18} {steps:>5} {:>9.3} {:>6.3} {:>8.3}  {hist}",
+            r.fd, r.confidence, r.class_entropy
+        );
+        let _ = writeln!(
+            csv,
+            "{wname},{name},{steps},{:.6},{:.6},{:.6},{}",
+            r.fd, r.confidence, r.class_entropy, hist
+        );
+    };
+    // The floor: n real training images, scored as the samples are (the Fréchet distance of
+    // n samples from the test set's statistics is not 0 even for perfect samples).
+    let train = datasets::mnist(&args.data, Split::Train)?;
+    let m = 32 * 32;
+    let k = args.n.min(train.len());
+    let (f, p) = scorer.evaluate(engine, &train.data[..k * m], 250)?;
+    row("mnist-train", "real images", "—", &report(&f, &p, &real));
     let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for w in &args.weights {
         let (model, params) = crate::io::weights::load(w, engine, None)?;
@@ -113,22 +138,7 @@ pub fn run(engine: &Engine, args: &EvalArgs) -> Result<String> {
                 )?;
                 let (f, p) = scorer.evaluate(engine, &imgs, 250)?;
                 let r = report(&f, &p, &real);
-                let hist = r
-                    .histogram
-                    .iter()
-                    .map(|c| c.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                let _ = writeln!(
-                    table,
-                    "{wname:<28} {name:<18} {steps:>5} {:>9.3} {:>6.3} {:>8.3}  {hist}",
-                    r.fd, r.confidence, r.class_entropy
-                );
-                let _ = writeln!(
-                    csv,
-                    "{wname},{name},{steps},{:.6},{:.6},{:.6},{}",
-                    r.fd, r.confidence, r.class_entropy, hist
-                );
+                row(&wname, name, &steps.to_string(), &r);
                 pts.push((steps as f64, r.fd));
             }
             series.push((format!("{wname} {name}"), pts));
