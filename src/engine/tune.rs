@@ -1,7 +1,7 @@
 //! Kernel variants and the choice between them on the adapter in use.
 //!
 //! An op with several implementations (say the portable register-blocked matmul and the one for
-//! 8-lane subgroups) asks [`Engine::pick`] which to run. The first time a (op, size class) is
+//! 8-lane subgroups) asks [`Engine::pick`] which to run. The first time an (op, shape) is
 //! seen on an adapter, every variant the adapter can run is timed on the op's real inputs and the
 //! fastest is kept, in memory and in a small JSON file keyed by adapter, driver and backend, so
 //! later processes skip the measurement. `PROXDM_TUNE` controls this:
@@ -143,10 +143,14 @@ impl Tuner {
     }
 }
 
-/// Coarse size class of an op's work (log₂ of its multiply-adds, in steps of 4), so a choice
-/// made on one shape carries over to shapes of similar size.
-pub fn size_class(work: usize) -> u32 {
-    (usize::BITS - work.max(1).leading_zeros()) / 4
+/// The tuning key of one op at one shape: `op/d0xd1x…`. Choices are per exact shape: a coarse
+/// class (log₂ of the work) let the first shape measured decide for very different ones — on
+/// lavapipe the portable conv weight gradient won on a small 8×8 layer and then ran every
+/// 16×16 and 32×32 layer 2–3× slower than the subgroup kernel. A model has a few dozen shapes,
+/// each measured once per adapter.
+pub fn shape_key(op: &str, dims: &[usize]) -> String {
+    let dims: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+    format!("{op}/{}", dims.join("x"))
 }
 
 impl Engine {
@@ -176,7 +180,7 @@ impl Engine {
         }
     }
 
-    /// The variant to run for `key` (op, entry and size class). `run` records the op with the
+    /// The variant to run for `key` (op, entry and shape, see [`shape_key`]). `run` records the op with the
     /// given variant; when a measurement is due each candidate is run once to compile and warm
     /// up, then timed over three runs (median), the device synchronised around each.
     pub fn pick(&self, key: &str, mut run: impl FnMut(Variant) -> Result<()>) -> Result<Variant> {
@@ -223,10 +227,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn size_classes_group_similar_work() {
-        assert_eq!(size_class(0), size_class(1));
-        assert_eq!(size_class(1 << 20), size_class((1 << 20) + 5));
-        assert!(size_class(1 << 30) > size_class(1 << 20));
+    fn shape_keys_tell_shapes_apart() {
+        assert_eq!(shape_key("matmul", &[1, 2, 3]), "matmul/1x2x3");
+        assert_ne!(shape_key("m", &[12, 3]), shape_key("m", &[1, 23]));
+        assert_ne!(shape_key("m", &[2, 3]), shape_key("m", &[3, 2]));
     }
 
     #[test]

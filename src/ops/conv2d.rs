@@ -4,7 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::reduce;
-use crate::engine::tune::size_class;
+use crate::engine::tune::shape_key;
 use crate::engine::{Kernel, Shader, Variant};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -42,7 +42,6 @@ impl Pass {
 /// `variant` fixes it.
 fn launch(variant: Option<Variant>, pass: Pass, p: &Params, tensors: &[&Tensor]) -> Result<()> {
     let e = tensors[0].engine();
-    let work = (p.n * p.cout * p.cin * p.kh * p.kw * p.ho * p.wo) as usize;
     let run = |v: Variant| match v {
         Variant::Portable => {
             let items = match pass {
@@ -85,10 +84,11 @@ fn launch(variant: Option<Variant>, pass: Pass, p: &Params, tensors: &[&Tensor])
     };
     let v = match variant {
         Some(v) => v,
-        None => e.pick(
-            &format!("conv2d.{}/{}", pass.entry(), size_class(work)),
-            run,
-        )?,
+        None => {
+            let dims = [p.n, p.cin, p.h, p.w, p.cout, p.kh, p.kw, p.stride, p.pad];
+            let dims = dims.map(|d| d as usize);
+            e.pick(&shape_key(&format!("conv2d.{}", pass.entry()), &dims), run)?
+        }
     };
     run(v)
 }

@@ -3,7 +3,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{elementwise, reduce};
-use crate::engine::tune::size_class;
+use crate::engine::tune::shape_key;
 use crate::engine::{Kernel, Shader, Variant};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -132,7 +132,10 @@ pub fn matmul_variant(
     };
     let v = match variant {
         Some(v) => v,
-        None => e.pick(&format!("matmul/{}", size_class(nb * m * n * k)), run)?,
+        None => {
+            let dims = [nb, m, n, k, trans_a as usize, trans_b as usize];
+            e.pick(&shape_key("matmul", &dims), run)?
+        }
     };
     run(v)?;
     Ok(c)
