@@ -307,6 +307,159 @@ fn train_resume_and_sample_end_to_end() {
     );
 }
 
+/// `train --init`: a new run starts from given weights (with a zero learning rate its exported
+/// weights are those weights, where the seed's initialisation would differ); weights of another
+/// network and `--init` with `--resume` are refused with a reason.
+#[test]
+fn train_init_starts_from_given_weights() {
+    let dir = tmp("train-init");
+    let data = dir.join("mnist");
+    proxdm::io::datasets::write_fixture(&data, "train", 16, 1).unwrap();
+    let unet =
+        "kind = \"prox\"\n[unet]\nch = 32\nch_mult = [1, 1]\nattn = []\nnum_res_blocks = 1\n";
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let first = write(
+        "first.toml",
+        format!("{unet}[train]\nbatch = 4\niters = 3\nl1_iters = 2\nl1_lr = 1e-2\n"),
+    );
+    // Stage 2: another seed (other initialisation, batches and noise), nothing learned.
+    let frozen = write(
+        "frozen.toml",
+        format!(
+            "{unet}[train]\nbatch = 4\niters = 2\nl1_iters = 1\nseed = 7\nl1_lr = 0.0\n\
+             pm_lr = 0.0\n"
+        ),
+    );
+    let d = data.to_str().unwrap();
+    let out_dir = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let (ok, out) = run(&[
+        "train",
+        "--config",
+        &first,
+        "--data",
+        d,
+        "--out",
+        &out_dir("a"),
+        "--quiet",
+    ]);
+    assert!(ok, "{out}");
+    let w = dir.join("a").join("model.safetensors");
+    let w = w.to_str().unwrap();
+    let (ok, out) = run(&[
+        "train",
+        "--config",
+        &frozen,
+        "--data",
+        d,
+        "--out",
+        &out_dir("b"),
+        "--init",
+        w,
+        "--quiet",
+    ]);
+    assert!(ok && out.contains("starting from the weights"), "{out}");
+    let (ok, out) = run(&[
+        "train",
+        "--config",
+        &frozen,
+        "--data",
+        d,
+        "--out",
+        &out_dir("c"),
+        "--quiet",
+    ]);
+    assert!(ok, "{out}");
+    let tensors = |run: &str| -> Vec<(String, Vec<f32>)> {
+        let bytes = std::fs::read(dir.join(run).join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut v: Vec<(String, Vec<f32>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| {
+                let x = t
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()));
+                (n, x.collect())
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let max_diff = |a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]| {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .flat_map(|((na, x), (nb, y))| {
+                assert_eq!(na, nb);
+                x.iter().zip(y).map(|(p, q)| (p - q).abs())
+            })
+            .fold(0.0f32, f32::max)
+    };
+    let (a, b, c) = (tensors("a"), tensors("b"), tensors("c"));
+    assert!(
+        max_diff(&a, &b) < 1e-6,
+        "--init kept the weights: {}",
+        max_diff(&a, &b)
+    );
+    assert!(
+        max_diff(&a, &c) > 1e-3,
+        "without --init the seed's initialisation differs"
+    );
+    // Resuming the --init run keeps exporting the plain EMA (the file's weights, not debiased
+    // against the seed's initialisation).
+    let (ok, out) = run(&[
+        "train",
+        "--data",
+        d,
+        "--out",
+        &out_dir("b"),
+        "--resume",
+        "--quiet",
+    ]);
+    assert!(ok, "{out}");
+    assert!(max_diff(&a, &tensors("b")) < 1e-6);
+    // Another network (channel multipliers [1, 2]) is refused, naming both.
+    let other = std::fs::read_to_string(&frozen)
+        .unwrap()
+        .replace("[1, 1]", "[1, 2]");
+    let other = write("other.toml", other);
+    let (ok, out) = run(&[
+        "train",
+        "--config",
+        &other,
+        "--data",
+        d,
+        "--out",
+        &out_dir("e"),
+        "--init",
+        w,
+    ]);
+    assert!(
+        !ok && out.contains("--init") && out.contains("same network"),
+        "{out}"
+    );
+    let (ok, out) = run(&[
+        "train",
+        "--data",
+        d,
+        "--out",
+        &out_dir("b"),
+        "--resume",
+        "--init",
+        w,
+    ]);
+    assert!(
+        !ok && out.contains("--init") && out.contains("--resume"),
+        "{out}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// `classifier` then `eval` on a generated fixture: the table, CSV and plot, with every sampler
 /// the weights can drive and nothing else.
 #[test]

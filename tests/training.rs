@@ -99,6 +99,16 @@ fn schedule_is_the_references() {
         "{loss:?} {lr}"
     );
     assert_eq!(schedule(&score, 50), (Loss::Mse, 2e-4));
+    // A prox run's warm-up ramps the L1 rate the same way (the rate of whatever phase).
+    let mut warm = cfg.clone();
+    warm.train.warmup = 10;
+    let (loss, lr) = schedule(&warm, 5);
+    assert!(
+        loss == Loss::L1 && (lr - 5e-5).abs() < 1e-10,
+        "{loss:?} {lr}"
+    );
+    assert_eq!(schedule(&warm, 10), (Loss::L1, 1e-4));
+    assert_eq!(schedule(&warm, 41), (Loss::ProxMatch { zeta: 1.0 }, 1e-5));
 }
 
 #[test]

@@ -28,8 +28,16 @@ pub struct TrainArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Continue the run in --out from its checkpoint, with the same schedule.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "init")]
     pub resume: bool,
+    /// Start a new run from these weights (an earlier run's model.safetensors, or a shipped
+    /// file) instead of the seed's initialisation: the weights and their EMA begin there, the
+    /// optimiser and the --config schedule start afresh. The file's network must be the
+    /// config's. For training on past a finished run, as a new stage: give the stage its own
+    /// [train] seed (else it replays the first stage's batches and noise) and a few hundred
+    /// steps of `warmup`.
+    #[arg(long, value_name = "WEIGHTS")]
+    pub init: Option<PathBuf>,
     /// Stop after this many steps of this invocation (the schedule still spans [train] iters);
     /// for running a long schedule in stages.
     #[arg(long)]
@@ -130,7 +138,12 @@ pub fn run(engine: &Engine, args: &TrainArgs) -> Result<String> {
             toml::to_string(&cfg).expect("serialises").as_bytes(),
         )?;
         crate::io::write_atomic(&log_path, b"step,loss,loss_kind,zeta,lr,images_per_s\n")?;
-        Trainer::new(engine, cfg, &data)?
+        let mut tr = Trainer::new(engine, cfg, &data)?;
+        if let Some(w) = &args.init {
+            tr.init_from(w)?;
+            eprintln!("[train] starting from the weights in {}", w.display());
+        }
+        tr
     };
     let total = tr.cfg.train.iters;
     let stop = args.max_steps.map_or(total, |m| (tr.iter + m).min(total));

@@ -64,8 +64,10 @@ pub struct TrainConfig {
     pub zeta_stages: usize,
     pub l1_lr: f32,
     pub pm_lr: f32,
-    /// Score only: learning rate, reached linearly over `warmup` steps.
+    /// Score only: learning rate.
     pub lr: f32,
+    /// Steps over which the learning rate (of any kind of run) rises linearly from 0; useful
+    /// when a run starts from trained weights (`proxdm train --init`) with a fresh optimiser.
     pub warmup: usize,
     pub weight_decay: f32,
     pub ema_decay: f32,
@@ -218,15 +220,8 @@ impl RunConfig {
 /// The loss and learning rate of step `it` (1-based), as the reference's schedule.
 pub fn schedule(cfg: &RunConfig, it: usize) -> (Loss, f32) {
     let t = &cfg.train;
-    match cfg.kind {
-        ModelKind::Score => {
-            let lr = if it < t.warmup {
-                t.lr * it as f32 / t.warmup as f32
-            } else {
-                t.lr
-            };
-            (Loss::Mse, lr)
-        }
+    let (loss, lr) = match cfg.kind {
+        ModelKind::Score => (Loss::Mse, t.lr),
         ModelKind::Prox | ModelKind::Lpn if it <= t.l1_iters => (Loss::L1, t.l1_lr),
         ModelKind::Prox | ModelKind::Lpn => {
             let k = it - t.l1_iters - 1;
@@ -235,7 +230,14 @@ pub fn schedule(cfg: &RunConfig, it: usize) -> (Loss, f32) {
             let zeta = t.zeta_start * t.zeta_decay.powi(stage as i32);
             (Loss::ProxMatch { zeta }, t.pm_lr)
         }
-    }
+    };
+    // Linear warm-up over the first `warmup` steps, whatever the phase.
+    let lr = if it < t.warmup {
+        lr * it as f32 / t.warmup as f32
+    } else {
+        lr
+    };
+    (loss, lr)
 }
 
 /// splitmix64: a small, stable generator for everything drawn on the host.
@@ -354,11 +356,14 @@ pub struct Trainer<'d> {
     /// Steps done.
     pub iter: usize,
     perm: (usize, Vec<usize>),
+    /// The weight file the run started from (`--init`), if not the seed's initialisation.
+    pub init: Option<String>,
 }
 
 /// Metadata keys of a checkpoint.
 const RUN_KEY: &str = "proxdm.run";
 const ITER_KEY: &str = "proxdm.iter";
+const INIT_KEY: &str = "proxdm.init";
 
 impl<'d> Trainer<'d> {
     /// A fresh run: weights initialised from the seed.
@@ -379,7 +384,59 @@ impl<'d> Trainer<'d> {
             data,
             iter: 0,
             perm: (usize::MAX, vec![]),
+            init: None,
         })
+    }
+
+    /// Starts the weights and the EMA from a weight file (an earlier run's `model.safetensors`
+    /// or a shipped file) instead of the seed's initialisation; the optimiser's moments stay
+    /// zero and the schedule starts at step 0. The file's network must be the config's.
+    pub fn init_from(&mut self, path: &Path) -> Result<()> {
+        if self.iter != 0 {
+            return Err(Error::Config(
+                "--init applies to a fresh run, not a resumed one".into(),
+            ));
+        }
+        let e = self.store.tensors()[0].engine().clone();
+        let mismatch = |file: String, run: String| {
+            Error::Config(format!(
+                "--init {}: the file holds {file} but the run's config builds {run}; start from \
+                 weights of the same network (same kind and [unet] / [lpn] section)",
+                path.display()
+            ))
+        };
+        let loaded = match &self.model {
+            Net::Unet(_) => {
+                let (m, store) = crate::io::weights::load(path, &e, None)?;
+                if m.config != self.cfg.model() {
+                    return Err(mismatch(
+                        format!("{:?}", m.config),
+                        format!("{:?}", self.cfg.model()),
+                    ));
+                }
+                store
+            }
+            Net::Lpn(_) => {
+                let (l, store) = crate::io::weights::load_lpn(path, &e)?;
+                if l.config != self.cfg.lpn() {
+                    return Err(mismatch(
+                        format!("{:?}", l.config),
+                        format!("{:?}", self.cfg.lpn()),
+                    ));
+                }
+                store
+            }
+        };
+        let mut ema = Vec::new();
+        for (i, t) in loaded.tensors().iter().enumerate() {
+            self.store.set(i, t.clone())?;
+            ema.push(elementwise::scale(t, 1.0)?);
+        }
+        let (m, v) = self.opt.moments();
+        let (m, v) = (m.to_vec(), v.to_vec());
+        self.opt.set_state(0, m, v, ema)?;
+        self.init = Some(path.display().to_string());
+        Ok(())
     }
 
     /// The batch indices of step `it` (0-based): epoch-wise shuffles of the dataset.
@@ -563,6 +620,10 @@ impl<'d> Trainer<'d> {
     /// projected iterates; rounding is clamped).
     pub fn export_store(&self) -> Result<ParamStore> {
         let ema = self.ema_store();
+        if self.init.is_some() {
+            // Started from trained weights: the EMA's initial value is part of the result.
+            return Ok(ema);
+        }
         let d = self.opt.ema.as_ref().map_or(0.0, |(d, _)| *d as f64);
         let dk = d.powi(self.opt.step.min(i32::MAX as u32) as i32);
         if self.opt.step == 0 || dk < 1e-7 {
@@ -631,7 +692,7 @@ impl<'d> Trainer<'d> {
                 serde_json::to_string(&self.cfg.model()).expect("serialises"),
             ),
         };
-        let meta = HashMap::from([
+        let mut meta = HashMap::from([
             model_meta,
             (
                 RUN_KEY.to_string(),
@@ -640,6 +701,9 @@ impl<'d> Trainer<'d> {
             (ITER_KEY.to_string(), self.iter.to_string()),
             ("proxdm.adam_step".to_string(), self.opt.step.to_string()),
         ]);
+        if let Some(init) = &self.init {
+            meta.insert(INIT_KEY.to_string(), init.clone());
+        }
         let bytes = crate::io::weights::params_to_bytes(meta, &all)?;
         crate::io::write_atomic(path, &bytes)
     }
@@ -704,6 +768,7 @@ impl<'d> Trainer<'d> {
         }
         tr.opt.set_state(adam_step, m, v, ema)?;
         tr.iter = iter;
+        tr.init = meta.get(INIT_KEY).cloned();
         Ok(tr)
     }
 }
