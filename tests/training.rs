@@ -647,4 +647,26 @@ fn shipped_run_configs_are_valid() {
         p.l1_lr, s.lr,
         "the same learning rate until proximal matching"
     );
+    // The second stages (`train --init` from the first's weights): the first stage's network
+    // and budget with another seed and a warm-up; the prox stage draws N from 5, 10, 20 only
+    // and keeps the final ζ.
+    let (prox2, score2) = (
+        read("mnist-small-stage2.toml"),
+        read("mnist-small-score-stage2.toml"),
+    );
+    assert_eq!((&prox2.unet, &score2.unet), (&prox.unet, &score.unet));
+    let restage = |c: &RunConfig, c2: &RunConfig| {
+        let mut t = c2.train.clone();
+        assert!(t.seed != c.train.seed && t.warmup > 0, "a new stage: {t:?}");
+        (t.seed, t.warmup) = (c.train.seed, c.train.warmup);
+        t
+    };
+    assert_eq!(restage(&score, &score2), score.train);
+    let mut p2 = restage(&prox, &prox2);
+    assert_eq!(p2.step_candidates, vec![5, 10, 20]);
+    let last_zeta = p.zeta_start * p.zeta_decay.powi(p.zeta_stages as i32 - 1);
+    assert_eq!((p2.zeta_start, p2.zeta_stages), (last_zeta, 1));
+    (p2.step_candidates, p2.zeta_start, p2.zeta_stages) =
+        (p.step_candidates.clone(), p.zeta_start, p.zeta_stages);
+    assert_eq!(p2, prox.train);
 }
