@@ -669,4 +669,20 @@ fn shipped_run_configs_are_valid() {
     (p2.step_candidates, p2.zeta_start, p2.zeta_stages) =
         (p.step_candidates.clone(), p.zeta_start, p.zeta_stages);
     assert_eq!(p2, prox.train);
+    // The third prox stage: stage 2 with another seed, proximal matching only (no L1 phase) at a
+    // higher rate, for fewer steps.
+    let prox3 = read("mnist-small-stage3.toml");
+    assert_eq!(prox3.unet, prox.unet);
+    let mut p3 = prox3.train.clone();
+    assert!(p3.seed != p.seed && p3.seed != prox2.train.seed);
+    assert_eq!((p3.l1_iters, p3.zeta_stages), (0, 1));
+    assert_eq!(schedule(&prox3, 1).0, Loss::ProxMatch { zeta: 0.5 });
+    assert!(p3.pm_lr > prox2.train.pm_lr && p3.iters < prox2.train.iters);
+    (p3.seed, p3.l1_iters, p3.pm_lr, p3.iters) = (
+        prox2.train.seed,
+        prox2.train.l1_iters,
+        prox2.train.pm_lr,
+        prox2.train.iters,
+    );
+    assert_eq!(p3, prox2.train);
 }
