@@ -685,4 +685,12 @@ fn shipped_run_configs_are_valid() {
         prox2.train.iters,
     );
     assert_eq!(p3, prox2.train);
+    // The fourth prox stage: stage 3 again, longer, with a seed none of the others used.
+    let prox4 = read("mnist-small-stage4.toml");
+    assert_eq!(prox4.unet, prox.unet);
+    let mut p4 = prox4.train.clone();
+    let seeds = [p.seed, prox2.train.seed, prox3.train.seed];
+    assert!(!seeds.contains(&p4.seed), "a new seed: {}", p4.seed);
+    (p4.seed, p4.iters) = (prox3.train.seed, prox3.train.iters);
+    assert_eq!(p4, prox3.train);
 }

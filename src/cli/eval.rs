@@ -5,7 +5,10 @@ use std::fmt::Write;
 use std::path::PathBuf;
 
 use crate::cli::sample::{draw_images, sampler_by_name};
+use crate::diffusion::denoise;
 use crate::diffusion::metric::{SampleReport, Scorer, mean_cov, report};
+use crate::diffusion::oracles::{Network, Tweedie};
+use crate::diffusion::samplers::ProxOracle;
 use crate::diffusion::toy::ToySampler;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -47,18 +50,29 @@ pub struct EvalArgs {
     /// Draw the Fréchet distance against steps as PNG here.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Measure denoising instead of sampling: at each (t, λ) where the hybrid sampler with
+    /// `--steps` steps calls its prox, noise `--n` test images (y = x_t + √λ·z) and report each
+    /// network's error in predicting z — a prox network directly, a score network through
+    /// Tweedie's formula (its MMSE denoiser). Needs no classifier.
+    #[arg(long)]
+    pub denoise: bool,
 }
 
-const ALL: [&str; 5] = [
+const ALL: [&str; 7] = [
     "prox-hybrid",
     "prox-backward",
     "score-em",
     "score-em-denoise",
     "score-ode",
+    "tweedie-hybrid",
+    "tweedie-backward",
 ];
 
 /// Runs the evaluation; returns the table.
 pub fn run(engine: &Engine, args: &EvalArgs) -> Result<String> {
+    if args.denoise {
+        return run_denoise(engine, args);
+    }
     let scorer = Scorer::load(&args.classifier, engine)?;
     let test = datasets::mnist(&args.data, Split::Test)?;
     eprintln!("[eval] features of {} test images", test.len());
@@ -122,14 +136,18 @@ pub fn run(engine: &Engine, args: &EvalArgs) -> Result<String> {
                 .ok_or_else(|| Error::Config(format!("unknown sampler '{name}'")))?;
             let fits = matches!(
                 (&sampler, kind),
-                (ToySampler::Prox(_), ModelKind::Prox) | (ToySampler::Score(_), ModelKind::Score)
+                (ToySampler::Prox(_), ModelKind::Prox)
+                    | (
+                        ToySampler::Score(_) | ToySampler::Tweedie(_),
+                        ModelKind::Score
+                    )
             );
             if !fits {
                 continue;
             }
             let mut pts = Vec::new();
             for &steps in &args.steps {
-                if name == "prox-backward" && steps < 10 {
+                if name.ends_with("-backward") && steps < 10 {
                     continue; // undefined below 10 steps (some γ ≥ 2)
                 }
                 eprintln!("[eval] {wname} {name} {steps} steps");
@@ -160,6 +178,80 @@ pub fn run(engine: &Engine, args: &EvalArgs) -> Result<String> {
         );
         c.save(p)?;
         let _ = writeln!(table, "plot written to {}", p.display());
+    }
+    Ok(table)
+}
+
+/// `eval --denoise`: the denoising error of each network at each prox call of the hybrid
+/// sampler's grid, on the same noised test images.
+fn run_denoise(engine: &Engine, args: &EvalArgs) -> Result<String> {
+    if args.plot.is_some() {
+        return Err(Error::Config(
+            "--plot draws the Fréchet distance against steps; it does not go with --denoise \
+             (use --out for a CSV)"
+                .into(),
+        ));
+    }
+    if args.n == 0 || args.batch == 0 || args.steps.contains(&0) {
+        return Err(Error::Config(
+            "--n, --batch and every --steps value must be positive".into(),
+        ));
+    }
+    let test = datasets::mnist(&args.data, Split::Test)?;
+    let k = args.n.min(test.len());
+    let [_, c, h, w] = test.shape;
+    let x0 = crate::tensor::Tensor::from_slice(engine, &[k, c, h, w], &test.data[..k * c * h * w])?;
+    let mut table = format!(
+        "Denoising error at the prox calls of the hybrid sampler: y = x_t + √λ·z on {k} MNIST \
+         test images (seed {}); a prox network's g(y, t, λ), or a score network's Tweedie \
+         (MMSE) estimate, against z. L1 = mean |ĝ − z|, MSE = mean (ĝ − z)².\n\n{:<28} {:<14} {:>5} {:>7} {:>9} {:>8} {:>8}\n",
+        args.seed, "weights", "denoiser", "steps", "t", "λ", "L1", "MSE"
+    );
+    let mut csv = String::from("weights,denoiser,steps,t,lambda,l1,mse\n");
+    for wpath in &args.weights {
+        let (model, params) = crate::io::weights::load(wpath, engine, None)?;
+        let wname = wpath
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if model.config.unet.in_ch != c {
+            return Err(Error::Config(format!(
+                "{} takes {} channels; the data has {c}",
+                wpath.display(),
+                model.config.unet.in_ch
+            )));
+        }
+        let sde = model.config.sde;
+        let net = Network {
+            model: &model,
+            params: &params,
+        };
+        let tweedie = Tweedie { score: &net, sde };
+        let (oracle, name): (&dyn ProxOracle, &str) = match model.config.kind {
+            ModelKind::Prox => (&net, "prox net"),
+            ModelKind::Score => (&tweedie, "score Tweedie"),
+            ModelKind::Lpn => unreachable!("weights::load refuses LPN files"),
+        };
+        for &steps in &args.steps {
+            eprintln!("[eval] {wname}: denoising at the {steps}-step grid");
+            let points = denoise::hybrid_points(&sde, steps);
+            for r in denoise::errors(oracle, &sde, &x0, &points, args.seed, args.batch)? {
+                let _ = writeln!(
+                    table,
+                    "{wname:<28} {name:<14} {steps:>5} {:>7.4} {:>9.5} {:>8.4} {:>8.4}",
+                    r.t, r.lambda, r.l1, r.mse
+                );
+                let _ = writeln!(
+                    csv,
+                    "{wname},{name},{steps},{:.6},{:.6},{:.6},{:.6}",
+                    r.t, r.lambda, r.l1, r.mse
+                );
+            }
+        }
+    }
+    if let Some(p) = &args.out {
+        crate::io::write_atomic(p, csv.as_bytes())?;
+        let _ = writeln!(table, "\ntable written to {}", p.display());
     }
     Ok(table)
 }

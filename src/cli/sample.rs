@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::diffusion::oracles::Network;
+use crate::diffusion::oracles::{Network, Tweedie};
 use crate::diffusion::samplers::{
     ProxSampler, ScoreSampler, initial_noise, sample_prox, sample_score,
 };
@@ -24,7 +24,9 @@ pub struct SampleArgs {
     #[arg(long, default_value = DEFAULT_WEIGHTS)]
     pub weights: PathBuf,
     /// prox-hybrid or prox-backward (prox weights); score-em, score-em-denoise or score-ode
-    /// (score weights). Default: prox-hybrid for prox weights, score-em-denoise for score ones.
+    /// (score weights); tweedie-hybrid or tweedie-backward (score weights: the prox samplers
+    /// with the score network's MMSE denoiser, by Tweedie's formula, in place of the prox).
+    /// Default: prox-hybrid for prox weights, score-em-denoise for score ones.
     #[arg(long)]
     pub sampler: Option<String>,
     /// Network evaluations (prox-backward needs ≥ 10).
@@ -62,6 +64,8 @@ pub fn sampler_by_name(name: &str) -> Option<ToySampler> {
         }),
         "score-em-denoise" => ToySampler::Score(ScoreSampler::EulerMaruyamaDenoise { eps_t: 1e-3 }),
         "score-ode" => ToySampler::Score(ScoreSampler::ProbabilityFlow { eps_t: 1e-3 }),
+        "tweedie-hybrid" => ToySampler::Tweedie(ProxSampler::Hybrid),
+        "tweedie-backward" => ToySampler::Tweedie(ProxSampler::Backward),
         _ => return None,
     })
 }
@@ -125,11 +129,12 @@ pub fn draw(engine: &Engine, args: &SampleArgs) -> Result<([usize; 4], Vec<f32>)
     let sampler = sampler_by_name(&name).ok_or_else(|| {
         Error::Config(format!(
             "unknown sampler '{name}': prox-hybrid, prox-backward, score-em, score-em-denoise, \
-             score-ode"
+             score-ode, tweedie-hybrid, tweedie-backward"
         ))
     })?;
     match (&sampler, kind) {
-        (ToySampler::Prox(_), ModelKind::Prox) | (ToySampler::Score(_), ModelKind::Score) => {}
+        (ToySampler::Prox(_), ModelKind::Prox)
+        | (ToySampler::Score(_) | ToySampler::Tweedie(_), ModelKind::Score) => {}
         _ => {
             return Err(Error::Config(format!(
                 "sampler '{name}' needs {} weights; {} holds a {kind:?} model",
@@ -175,6 +180,7 @@ pub fn draw_images(
     in_batches(engine, shape, n, seed, batch, |x, s| match sampler {
         ToySampler::Prox(k) => sample_prox(&net, &sde, k, steps, x, s),
         ToySampler::Score(k) => sample_score(&net, &sde, k, steps, x, s),
+        ToySampler::Tweedie(k) => sample_prox(&Tweedie { score: &net, sde }, &sde, k, steps, x, s),
     })
 }
 

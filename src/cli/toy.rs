@@ -23,7 +23,9 @@ pub struct ToyArgs {
     #[arg(long)]
     pub dataset: Option<String>,
     /// Samplers, comma-separated, or "all": score-em, score-em-denoise-1e-3,
-    /// score-em-denoise-1e-5, score-ode, prox-hybrid, prox-backward.
+    /// score-em-denoise-1e-5, score-ode, prox-hybrid, prox-backward; also (not in "all")
+    /// tweedie-hybrid and tweedie-backward, the prox samplers with the score's MMSE denoiser
+    /// (Tweedie's formula) in place of the prox.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub samplers: Vec<String>,
     /// Step counts, comma-separated.
@@ -83,6 +85,7 @@ pub fn run(engine: &Engine, a: &ToyArgs) -> Result<String> {
     let chosen: Vec<(&str, ToySampler)> = if a.samplers.iter().any(|s| s == "all") {
         all
     } else {
+        let all = [all, toy::mmse_samplers()].concat();
         a.samplers
             .iter()
             .map(|s| {

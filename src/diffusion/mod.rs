@@ -1,6 +1,7 @@
 //! The method: the VP SDE, score and ProxDM samplers, the oracles they call, training, and the
 //! regulariser an LPN has learned.
 
+pub mod denoise;
 pub mod metric;
 pub mod oracles;
 pub mod ot;

@@ -47,6 +47,30 @@ impl ProxOracle for Network<'_> {
     }
 }
 
+/// The MMSE denoiser of a score network (Tweedie's formula) in place of a prox: for
+/// y = x_t + √λ·z it returns E[x_t | y] = y + λ·∇ln p_{t,λ}(y), where p_{t,λ} = p_t ∗ N(0, λI) is
+/// the law of c·x_{t'} with c = √(1+λ) and α(t') = α(t)/(1+λ), so
+/// ∇ln p_{t,λ}(y) = s(y/c, t')/c. For a Gaussian target MMSE and MAP coincide and this is the
+/// prox; for anything else it is the posterior mean, not the mode the ProxDM samplers assume.
+pub struct Tweedie<'a> {
+    pub score: &'a dyn ScoreOracle,
+    pub sde: Sde,
+}
+
+impl ProxOracle for Tweedie<'_> {
+    fn prox(&self, y: &Tensor, t: f32, lambda: f32) -> Result<Tensor> {
+        let l = lambda as f64;
+        let c = (1.0 + l).sqrt();
+        let t2 = self
+            .sde
+            .time_of(self.sde.integral(0.0, t as f64) + l.ln_1p());
+        let s = self
+            .score
+            .score(&elementwise::scale(y, (1.0 / c) as f32)?, t2 as f32)?;
+        elementwise::add(y, &elementwise::scale(&s, (l / c) as f32)?)
+    }
+}
+
 /// A learned proximal network conditioned on (t, λ): prox_{−λ ln p_t}(y) = f(y) = ∇ψ(y; t, λ).
 pub struct LpnNetwork<'a> {
     pub lpn: &'a Lpn,

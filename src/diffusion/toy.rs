@@ -6,7 +6,7 @@ use std::path::Path;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use super::Sde;
-use super::oracles::{LpnNetwork, Mixture};
+use super::oracles::{LpnNetwork, Mixture, Tweedie};
 use super::ot::wasserstein;
 use super::samplers::{
     ProxOracle, ProxSampler, ScoreSampler, initial_noise, max_gamma, sample_prox, sample_score,
@@ -124,6 +124,9 @@ pub fn read_points(path: &Path, offset: f64, scale: f64) -> Result<Vec<[f64; 2]>
 pub enum ToySampler {
     Score(ScoreSampler),
     Prox(ProxSampler),
+    /// A ProxDM sampler driven by the score's MMSE denoiser (`oracles::Tweedie`) in place of
+    /// the prox: what the samplers give with a posterior mean instead of the mode.
+    Tweedie(ProxSampler),
 }
 
 /// (name, sampler) for every sampler in the comparison.
@@ -151,6 +154,18 @@ pub fn all_samplers() -> Vec<(&'static str, ToySampler)> {
         ),
         ("prox-hybrid", ToySampler::Prox(ProxSampler::Hybrid)),
         ("prox-backward", ToySampler::Prox(ProxSampler::Backward)),
+    ]
+}
+
+/// Samplers that can be named but are not part of the comparison ("all"): the ProxDM samplers
+/// with the MMSE denoiser of the score in place of the prox.
+pub fn mmse_samplers() -> Vec<(&'static str, ToySampler)> {
+    vec![
+        ("tweedie-hybrid", ToySampler::Tweedie(ProxSampler::Hybrid)),
+        (
+            "tweedie-backward",
+            ToySampler::Tweedie(ProxSampler::Backward),
+        ),
     ]
 }
 
@@ -211,8 +226,17 @@ pub fn run(
             };
             let x = match *s {
                 ToySampler::Score(kind) => Some(sample_score(&mix, &sde, kind, k, x_t, seed)?),
-                ToySampler::Prox(ProxSampler::Backward) if max_gamma(&sde, k) >= 2.0 => None,
+                ToySampler::Prox(ProxSampler::Backward)
+                | ToySampler::Tweedie(ProxSampler::Backward)
+                    if max_gamma(&sde, k) >= 2.0 =>
+                {
+                    None
+                }
                 ToySampler::Prox(kind) => Some(sample_prox(oracle, &sde, kind, k, x_t, seed)?),
+                ToySampler::Tweedie(kind) => {
+                    let mmse = Tweedie { score: &mix, sde };
+                    Some(sample_prox(&mmse, &sde, kind, k, x_t, seed)?)
+                }
             };
             let (unconverged, _) = mix.take_unconverged()?;
             let (w1, w2, samples) = match x {

@@ -108,6 +108,17 @@ impl SdeConfig {
     pub fn alpha(&self, t: f64) -> f64 {
         (-self.integral(0.0, t)).exp()
     }
+
+    /// The time t ≥ 0 with B(0, t) = `b` (so α(t) = e^(−b)), the positive root of
+    /// β_min·t + (β_max − β_min)·t²/2 = b; it may lie beyond 1.
+    pub fn time_of(&self, b: f64) -> f64 {
+        let (lo, d) = (self.beta_min, self.beta_max - self.beta_min);
+        if d.abs() < 1e-12 {
+            return b / lo;
+        }
+        // 2b / (lo + √(lo² + 2db)): the root without cancellation when d·b is small.
+        2.0 * b / (lo + (lo * lo + 2.0 * d * b).sqrt())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
