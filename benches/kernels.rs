@@ -90,6 +90,7 @@ fn benches(c: &mut Criterion) {
                 let out = match s {
                     toy::ToySampler::Score(k) => sample_score(&mix, &sde, k, 40, x, 0).unwrap(),
                     toy::ToySampler::Prox(k) => sample_prox(&mix, &sde, k, 40, x, 0).unwrap(),
+                    toy::ToySampler::Tweedie(_) => unreachable!("not in all_samplers"),
                 };
                 e.sync().unwrap();
                 out

@@ -181,7 +181,7 @@ pub fn run(engine: &Engine, a: &ToyArgs) -> Result<String> {
         crate::ops::gmm::TOL
     ));
     if results.iter().any(|r| r.w2.is_none()) {
-        report.push_str("— : prox-backward is undefined at that step count (some γ ≥ 2)\n");
+        report.push_str("— : the backward sampler is undefined at that step count (some γ ≥ 2)\n");
     }
     if let Some(out) = &a.out {
         crate::io::write_atomic(out, toy::csv(&results).as_bytes())?;

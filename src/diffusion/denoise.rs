@@ -52,7 +52,7 @@ pub fn errors(
     }
     if let Some(&(t, l)) = points
         .iter()
-        .find(|&&(t, l)| !(l > 0.0) || !(0.0..=1.0).contains(&t))
+        .find(|&&(t, l)| l.is_nan() || l <= 0.0 || !(0.0..=1.0).contains(&t))
     {
         return Err(Error::shape(
             "denoise",
