@@ -693,4 +693,11 @@ fn shipped_run_configs_are_valid() {
     assert!(!seeds.contains(&p4.seed), "a new seed: {}", p4.seed);
     (p4.seed, p4.iters) = (prox3.train.seed, prox3.train.iters);
     assert_eq!(p4, prox3.train);
+    // The fifth: stage 4 again, shorter, with yet another seed.
+    let prox5 = read("mnist-small-stage5.toml");
+    assert_eq!(prox5.unet, prox.unet);
+    let mut p5 = prox5.train.clone();
+    assert!(!seeds.contains(&p5.seed) && p5.seed != prox4.train.seed);
+    (p5.seed, p5.iters) = (prox4.train.seed, prox4.train.iters);
+    assert_eq!(p5, prox4.train);
 }
