@@ -320,7 +320,7 @@ fn denoising_error_of_the_exact_gaussian_prox_matches_its_closed_form() {
         .map(|i| MEAN[i % 2] + (STD * gaussian(99, 0, i as u32)) as f32)
         .collect();
     let x0 = Tensor::from_slice(&e, &[n, 2], &x0).unwrap();
-    let points = denoise::hybrid_points(&sde, 10);
+    let points = prox_steps(&sde, 10);
     assert_eq!(points.len(), 10);
     assert!((points[0].0 - 0.9).abs() < 1e-12 && points[9].0 == 0.0);
     let biggest = points.iter().map(|p| p.1).fold(0.0, f64::max);

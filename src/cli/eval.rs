@@ -234,7 +234,7 @@ fn run_denoise(engine: &Engine, args: &EvalArgs) -> Result<String> {
         };
         for &steps in &args.steps {
             eprintln!("[eval] {wname}: denoising at the {steps}-step grid");
-            let points = denoise::hybrid_points(&sde, steps);
+            let points = crate::diffusion::samplers::prox_steps(&sde, steps);
             for r in denoise::errors(oracle, &sde, &x0, &points, args.seed, args.batch)? {
                 let _ = writeln!(
                     table,

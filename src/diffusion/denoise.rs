@@ -21,17 +21,8 @@ pub struct DenoiseError {
     pub mse: f64,
 }
 
-/// The (t, λ) of each prox call of the `steps`-step hybrid sampler, in the order it makes them:
-/// t = t_i and λ = B(t_i, t_{i+1}) on linspace(0, 1, steps + 1), from t_{N−1} down to 0.
-pub fn hybrid_points(sde: &Sde, steps: usize) -> Vec<(f64, f64)> {
-    let t = |i: usize| i as f64 / steps as f64;
-    (0..steps)
-        .rev()
-        .map(|i| (t(i), sde.integral(t(i), t(i + 1))))
-        .collect()
-}
-
-/// Measures `oracle` at each of `points` on the clean samples `x0` (shape (N, …), values as
+/// Measures `oracle` at each of `points` — (t, λ) pairs, e.g. the hybrid sampler's
+/// [`super::samplers::prox_steps`] — on the clean samples `x0` (shape (N, …), values as
 /// the model was trained on), `batch` rows at a time. The noise depends only on `seed`, the
 /// point's index and the row, so two oracles measured with one seed see the same y and z.
 pub fn errors(

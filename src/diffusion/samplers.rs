@@ -130,11 +130,22 @@ pub fn sample_score(
     Ok(x)
 }
 
-/// The largest γ = B(t_{i}, t_{i+1}) on the ProxDM grid with `steps` steps.
-pub fn max_gamma(sde: &Sde, steps: usize) -> f64 {
+/// The ProxDM grid linspace(0, 1, steps + 1) in execution order: for each step, the time the
+/// prox is taken at, t_i, and γ = B(t_i, t_{i+1}), from i = steps − 1 down to 0. The hybrid
+/// sampler's λ is γ.
+pub fn prox_steps(sde: &Sde, steps: usize) -> Vec<(f64, f64)> {
     let times = linspace(0.0, 1.0, steps + 1);
     (0..steps)
-        .map(|i| sde.integral(times[i], times[i + 1]))
+        .rev()
+        .map(|i| (times[i], sde.integral(times[i], times[i + 1])))
+        .collect()
+}
+
+/// The largest γ = B(t_{i}, t_{i+1}) on the ProxDM grid with `steps` steps.
+pub fn max_gamma(sde: &Sde, steps: usize) -> f64 {
+    prox_steps(sde, steps)
+        .iter()
+        .map(|&(_, g)| g)
         .fold(0.0, f64::max)
 }
 
@@ -167,11 +178,8 @@ pub fn sample_prox(
             ),
         ));
     }
-    let times = linspace(0.0, 1.0, steps + 1);
     let mut x = x_t;
-    for (k, i) in (0..steps).rev().enumerate() {
-        let (t_now, t_new) = (times[i + 1], times[i]);
-        let g = sde.integral(t_new, t_now);
+    for (k, (t_new, g)) in prox_steps(sde, steps).into_iter().enumerate() {
         let (c, lambda) = match kind {
             ProxSampler::Hybrid => (
                 StepCoefs {
