@@ -109,6 +109,22 @@ fn schedule_is_the_references() {
     );
     assert_eq!(schedule(&warm, 10), (Loss::L1, 1e-4));
     assert_eq!(schedule(&warm, 41), (Loss::ProxMatch { zeta: 1.0 }, 1e-5));
+    // A cool-down of 20 steps at the end of the 100: full rate up to step 80, then
+    // 20/20, 19/20, ..., 1/20 of it over steps 81..100.
+    let mut cool = cfg.clone();
+    cool.train.cooldown = 20;
+    cool.validate().unwrap();
+    assert_eq!(schedule(&cool, 80), (Loss::ProxMatch { zeta: 0.5 }, 1e-5));
+    assert_eq!(schedule(&cool, 81), (Loss::ProxMatch { zeta: 0.5 }, 1e-5));
+    for (it, frac) in [(90, 11.0), (100, 1.0)] {
+        let (loss, lr) = schedule(&cool, it);
+        assert!(
+            loss == (Loss::ProxMatch { zeta: 0.5 }) && (lr - 1e-5 * frac / 20.0).abs() < 1e-12,
+            "step {it}: {loss:?} {lr}"
+        );
+    }
+    cool.train.cooldown = 101;
+    assert!(cool.validate().is_err(), "a cool-down longer than the run");
 }
 
 #[test]
@@ -700,4 +716,26 @@ fn shipped_run_configs_are_valid() {
     assert!(!seeds.contains(&p5.seed) && p5.seed != prox4.train.seed);
     (p5.seed, p5.iters) = (prox4.train.seed, prox4.train.iters);
     assert_eq!(p5, prox4.train);
+    // The sixth: stage 5 again with a new seed, annealed: a cool-down over its last third and a
+    // longer EMA.
+    let prox6 = read("mnist-small-stage6.toml");
+    assert_eq!(prox6.unet, prox.unet);
+    let mut p6 = prox6.train.clone();
+    let seeds = [
+        p.seed,
+        prox2.train.seed,
+        prox3.train.seed,
+        prox4.train.seed,
+        prox5.train.seed,
+    ];
+    assert!(!seeds.contains(&p6.seed), "a new seed: {}", p6.seed);
+    assert!(p6.cooldown * 3 == p6.iters && p6.ema_decay > p5.ema_decay);
+    assert_eq!(schedule(&prox6, p6.iters).1, p6.pm_lr / p6.cooldown as f32);
+    (p6.seed, p6.iters, p6.cooldown, p6.ema_decay) = (
+        prox5.train.seed,
+        prox5.train.iters,
+        0,
+        prox5.train.ema_decay,
+    );
+    assert_eq!(p6, prox5.train);
 }

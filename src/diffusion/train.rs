@@ -69,6 +69,10 @@ pub struct TrainConfig {
     /// Steps over which the learning rate (of any kind of run) rises linearly from 0; useful
     /// when a run starts from trained weights (`proxdm train --init`) with a fresh optimiser.
     pub warmup: usize,
+    /// Steps at the end of the run over which the learning rate falls linearly towards 0
+    /// (step `iters − cooldown + 1` runs at the full rate, the last at 1/cooldown of it):
+    /// annealing a long constant-rate run, as its last stage.
+    pub cooldown: usize,
     pub weight_decay: f32,
     pub ema_decay: f32,
     /// Rescale the gradients so their global L2 norm is at most this (none when absent).
@@ -98,6 +102,7 @@ impl Default for TrainConfig {
             pm_lr: 1e-5,
             lr: 2e-4,
             warmup: 0,
+            cooldown: 0,
             weight_decay: 0.0,
             ema_decay: 0.9999,
             grad_clip: None,
@@ -175,6 +180,9 @@ impl RunConfig {
         if t.batch == 0 || t.iters == 0 || t.checkpoint_every == 0 {
             return bad("batch, iters and checkpoint_every must be positive");
         }
+        if t.cooldown > t.iters || t.warmup + t.cooldown > t.iters {
+            return bad("warmup + cooldown must not exceed iters");
+        }
         if t.grad_clip.is_some_and(|c| c.is_nan() || c <= 0.0) {
             return bad("grad_clip must be positive");
         }
@@ -231,9 +239,12 @@ pub fn schedule(cfg: &RunConfig, it: usize) -> (Loss, f32) {
             (Loss::ProxMatch { zeta }, t.pm_lr)
         }
     };
-    // Linear warm-up over the first `warmup` steps, whatever the phase.
+    // Linear warm-up over the first `warmup` steps and cool-down over the last `cooldown`,
+    // whatever the phase.
     let lr = if it < t.warmup {
         lr * it as f32 / t.warmup as f32
+    } else if t.cooldown > 0 && it + t.cooldown > t.iters {
+        lr * (t.iters + 1 - it.min(t.iters)) as f32 / t.cooldown as f32
     } else {
         lr
     };
