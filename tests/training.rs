@@ -677,7 +677,6 @@ fn shipped_run_configs_are_valid() {
         (t.seed, t.warmup) = (c.train.seed, c.train.warmup);
         t
     };
-    assert_eq!(restage(&score, &score2), score.train);
     let mut p2 = restage(&prox, &prox2);
     assert_eq!(p2.step_candidates, vec![5, 10, 20]);
     let last_zeta = p.zeta_start * p.zeta_decay.powi(p.zeta_stages as i32 - 1);
@@ -738,4 +737,18 @@ fn shipped_run_configs_are_valid() {
         prox5.train.ema_decay,
     );
     assert_eq!(p6, prox5.train);
+    // The score network's second stage: the rest of the prox network's six-stage budget in one
+    // run, annealed as the prox network's last stage.
+    let prox_steps: usize = [&prox, &prox2, &prox3, &prox4, &prox5, &prox6]
+        .iter()
+        .map(|c| c.train.iters)
+        .sum();
+    let mut s2 = restage(&score, &score2);
+    assert_eq!(s.iters + s2.iters, prox_steps, "the same budget");
+    assert_eq!(
+        (s2.cooldown, s2.ema_decay),
+        (prox6.train.cooldown, prox6.train.ema_decay)
+    );
+    (s2.iters, s2.cooldown, s2.ema_decay) = (s.iters, 0, s.ema_decay);
+    assert_eq!(s2, score.train);
 }
