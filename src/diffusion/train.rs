@@ -180,7 +180,7 @@ impl RunConfig {
         if t.batch == 0 || t.iters == 0 || t.checkpoint_every == 0 {
             return bad("batch, iters and checkpoint_every must be positive");
         }
-        if t.cooldown > t.iters || t.warmup + t.cooldown > t.iters {
+        if t.warmup + t.cooldown > t.iters {
             return bad("warmup + cooldown must not exceed iters");
         }
         if t.grad_clip.is_some_and(|c| c.is_nan() || c <= 0.0) {
