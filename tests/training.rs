@@ -751,4 +751,21 @@ fn shipped_run_configs_are_valid() {
     );
     (s2.iters, s2.cooldown, s2.ema_decay) = (s.iters, 0, s.ema_decay);
     assert_eq!(s2, score.train);
+    // The seventh prox stage: stage 6 again with a new seed and N always 10; the score
+    // network's third stage is its second again, as long as prox stage 7.
+    let (prox7, score3) = (
+        read("mnist-small-stage7.toml"),
+        read("mnist-small-score-stage3.toml"),
+    );
+    assert_eq!((&prox7.unet, &score3.unet), (&prox.unet, &score.unet));
+    let mut p7 = prox7.train.clone();
+    assert!(!seeds.contains(&p7.seed) && p7.seed != prox6.train.seed);
+    assert_eq!(p7.step_candidates, vec![10]);
+    (p7.seed, p7.step_candidates) = (prox6.train.seed, prox6.train.step_candidates.clone());
+    assert_eq!(p7, prox6.train);
+    let mut s3 = score3.train.clone();
+    assert!(s3.seed != s.seed && s3.seed != score2.train.seed);
+    assert_eq!(s3.iters, prox7.train.iters, "the same budget");
+    (s3.seed, s3.iters) = (score2.train.seed, score2.train.iters);
+    assert_eq!(s3, score2.train);
 }
