@@ -751,8 +751,9 @@ fn shipped_run_configs_are_valid() {
     );
     (s2.iters, s2.cooldown, s2.ema_decay) = (s.iters, 0, s.ema_decay);
     assert_eq!(s2, score.train);
-    // The seventh prox stage: stage 6 again with a new seed and N always 10; the score
-    // network's third stage is its second again, as long as prox stage 7.
+    // The seventh prox stage: stage 6 again with a new seed, N always 10 and a shorter run
+    // (still a cool-down over its last third); the score network's third stage is its second
+    // again, as long as prox stage 7 and annealed alike.
     let (prox7, score3) = (
         read("mnist-small-stage7.toml"),
         read("mnist-small-score-stage3.toml"),
@@ -761,11 +762,22 @@ fn shipped_run_configs_are_valid() {
     let mut p7 = prox7.train.clone();
     assert!(!seeds.contains(&p7.seed) && p7.seed != prox6.train.seed);
     assert_eq!(p7.step_candidates, vec![10]);
-    (p7.seed, p7.step_candidates) = (prox6.train.seed, prox6.train.step_candidates.clone());
+    assert!(p7.cooldown * 3 == p7.iters && p7.iters < prox6.train.iters);
+    (p7.seed, p7.step_candidates, p7.iters, p7.cooldown) = (
+        prox6.train.seed,
+        prox6.train.step_candidates.clone(),
+        prox6.train.iters,
+        prox6.train.cooldown,
+    );
     assert_eq!(p7, prox6.train);
     let mut s3 = score3.train.clone();
     assert!(s3.seed != s.seed && s3.seed != score2.train.seed);
-    assert_eq!(s3.iters, prox7.train.iters, "the same budget");
-    (s3.seed, s3.iters) = (score2.train.seed, score2.train.iters);
+    assert_eq!(
+        (s3.iters, s3.cooldown),
+        (prox7.train.iters, prox7.train.cooldown),
+        "the same budget"
+    );
+    (s3.seed, s3.iters, s3.cooldown) =
+        (score2.train.seed, score2.train.iters, score2.train.cooldown);
     assert_eq!(s3, score2.train);
 }
