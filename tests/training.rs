@@ -780,4 +780,19 @@ fn shipped_run_configs_are_valid() {
     (s3.seed, s3.iters, s3.cooldown) =
         (score2.train.seed, score2.train.iters, score2.train.cooldown);
     assert_eq!(s3, score2.train);
+    // The eighth prox stage and the fourth score stage: the stages before them again, each with
+    // a seed its network has not used.
+    let (prox8, score4) = (
+        read("mnist-small-stage8.toml"),
+        read("mnist-small-score-stage4.toml"),
+    );
+    assert_eq!((&prox8.unet, &score4.unet), (&prox.unet, &score.unet));
+    let mut p8 = prox8.train.clone();
+    assert!(!seeds.contains(&p8.seed) && ![prox6.train.seed, prox7.train.seed].contains(&p8.seed));
+    p8.seed = prox7.train.seed;
+    assert_eq!(p8, prox7.train);
+    let mut s4 = score4.train.clone();
+    assert!(![s.seed, score2.train.seed, score3.train.seed].contains(&s4.seed));
+    s4.seed = score3.train.seed;
+    assert_eq!(s4, score3.train);
 }
