@@ -721,6 +721,37 @@ fn tuning_cache_follows_proxdm_tune() {
     );
 }
 
+/// PROXDM_SHADER_CHECKS: the smoke test's kernels match their CPU references with naga's
+/// runtime checks on and off (the default on Vulkan is off), and an unknown value is refused.
+#[test]
+fn shader_checks_on_and_off_give_the_cpu_reference() {
+    let with_env = |checks: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_proxdm"))
+            .args(["smoke"])
+            .env("XDG_RUNTIME_DIR", "/tmp")
+            .env("PROXDM_SHADER_CHECKS", checks)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    for checks in ["on", "off"] {
+        let (ok, out) = with_env(checks);
+        assert!(ok, "PROXDM_SHADER_CHECKS={checks}: {out}");
+    }
+    let (ok, out) = with_env("maybe");
+    assert!(
+        !ok && out.contains("PROXDM_SHADER_CHECKS") && out.contains("on or off"),
+        "{out}"
+    );
+}
+
 #[test]
 fn lpn_train_prox_prior_and_denoise_end_to_end() {
     // 8×8 images (a bright bar), trained for a few steps as an LPN denoiser.

@@ -51,6 +51,8 @@ pub(crate) struct Inner {
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
     pub(crate) tuner: Tuner,
+    /// Whether pipelines are compiled with naga's runtime checks ([`shader::shader_checks`]).
+    shader_checks: bool,
     /// Per-kernel (dispatches, seconds) when profiling (see [`Engine::set_profiling`]).
     profile: Mutex<Option<BTreeMap<String, (u64, f64)>>>,
 }
@@ -88,6 +90,7 @@ impl Engine {
 
     fn open(adapter: wgpu::Adapter, report: AdapterReport) -> Result<Engine> {
         let tune = TuneMode::from_env()?;
+        let shader_checks = shader::shader_checks(report.info.backend)?;
         // The adapter's real limits: the 128 MiB default storage binding must not cap us.
         let limits = adapter.limits();
         let features = adapter::wanted_features(adapter.features());
@@ -151,6 +154,7 @@ impl Engine {
                 errors,
                 lost,
                 tuner: Tuner::new(tune, &report_info),
+                shader_checks,
                 profile: Mutex::new(None),
             }),
         })
@@ -206,7 +210,12 @@ impl Engine {
         if let Some(p) = lock(&self.inner.pipelines).get(&key) {
             return Ok(p.clone());
         }
-        let p = Arc::new(shader::build_pipeline(&self.inner.device, kernel, defs)?);
+        let p = Arc::new(shader::build_pipeline(
+            &self.inner.device,
+            kernel,
+            defs,
+            self.inner.shader_checks,
+        )?);
         self.check_errors()?;
         lock(&self.inner.pipelines).insert(key, p.clone());
         Ok(p)

@@ -166,7 +166,13 @@ pub struct Pipeline {
 }
 
 /// Compiles `kernel` (with `defs`) for `device`.
-pub fn build_pipeline(device: &wgpu::Device, kernel: Kernel, defs: &str) -> Result<Pipeline> {
+/// Compiles `kernel` with `defs`; `checks` as chosen by [`shader_checks`].
+pub fn build_pipeline(
+    device: &wgpu::Device,
+    kernel: Kernel,
+    defs: &str,
+    checks: bool,
+) -> Result<Pipeline> {
     let source = kernel.shader.specialised(defs);
     let name = kernel.shader.name;
     let (module, info) = parse_and_validate(name, &source)?;
@@ -200,10 +206,17 @@ pub fn build_pipeline(device: &wgpu::Device, kernel: Kernel, defs: &str) -> Resu
         bind_group_layouts: &[Some(&layout)],
         immediate_size: 0,
     });
-    let sm = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+    let desc = wgpu::ShaderModuleDescriptor {
         label: Some(name),
         source: wgpu::ShaderSource::Wgsl(source.into()),
-    });
+    };
+    let sm = if checks {
+        device.create_shader_module(desc)
+    } else {
+        // SAFETY: every access of our kernels is guarded and every loop bounded by the kernel
+        // itself (see `shader_checks`); each kernel is tested against its CPU reference.
+        unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+    };
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(&label),
         layout: Some(&pl),
@@ -221,4 +234,24 @@ pub fn build_pipeline(device: &wgpu::Device, kernel: Kernel, defs: &str) -> Resu
         layout,
         slots,
     })
+}
+
+/// Whether naga adds its own runtime checks to our kernels (`PROXDM_SHADER_CHECKS`).
+///
+/// The checks are index clamps on fixed-size arrays, buffer bounds checks where the driver has
+/// no robust buffer access, and a counter on every loop against infinite ones. Our kernels
+/// guard every access themselves and every loop is bounded (each is tested against its CPU
+/// reference), so the checks only cost time: 6-7% of a training step on lavapipe
+/// (docs/PERFORMANCE.md). By default they are off on Vulkan, whose drivers keep buffer access
+/// in bounds themselves (wgpu enables robust buffer access), and on elsewhere.
+/// `PROXDM_SHADER_CHECKS=on` forces them on (e.g. to debug a kernel), `off` forces them off.
+pub fn shader_checks(backend: wgpu::Backend) -> Result<bool> {
+    match std::env::var("PROXDM_SHADER_CHECKS").as_deref() {
+        Err(_) | Ok("") => Ok(backend != wgpu::Backend::Vulkan),
+        Ok("on") => Ok(true),
+        Ok("off") => Ok(false),
+        Ok(other) => Err(Error::Config(format!(
+            "PROXDM_SHADER_CHECKS={other:?}: expected on or off"
+        ))),
+    }
 }
