@@ -441,3 +441,139 @@ fn backward_weight(
         }
     }
 }
+
+// A 16 x 3 accumulator block (the three kx taps of one kernel row), as `Acc` is 16 x 4.
+struct Acc3 {
+    r0: vec3<f32>,
+    r1: vec3<f32>,
+    r2: vec3<f32>,
+    r3: vec3<f32>,
+    r4: vec3<f32>,
+    r5: vec3<f32>,
+    r6: vec3<f32>,
+    r7: vec3<f32>,
+    r8: vec3<f32>,
+    r9: vec3<f32>,
+    r10: vec3<f32>,
+    r11: vec3<f32>,
+    r12: vec3<f32>,
+    r13: vec3<f32>,
+    r14: vec3<f32>,
+    r15: vec3<f32>,
+}
+
+fn acc3_zero() -> Acc3 {
+    let z = vec3<f32>(0.0);
+    return Acc3(z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z);
+}
+
+// As `acc_step` for a 16 x 3 block.
+fn acc3_step(acc: ptr<function, Acc3>, a0: f32, a1: f32, v: vec3<f32>) {
+    (*acc).r0 += subgroupBroadcast(a0, 0u) * v;
+    (*acc).r1 += subgroupBroadcast(a0, 1u) * v;
+    (*acc).r2 += subgroupBroadcast(a0, 2u) * v;
+    (*acc).r3 += subgroupBroadcast(a0, 3u) * v;
+    (*acc).r4 += subgroupBroadcast(a0, 4u) * v;
+    (*acc).r5 += subgroupBroadcast(a0, 5u) * v;
+    (*acc).r6 += subgroupBroadcast(a0, 6u) * v;
+    (*acc).r7 += subgroupBroadcast(a0, 7u) * v;
+    (*acc).r8 += subgroupBroadcast(a1, 0u) * v;
+    (*acc).r9 += subgroupBroadcast(a1, 1u) * v;
+    (*acc).r10 += subgroupBroadcast(a1, 2u) * v;
+    (*acc).r11 += subgroupBroadcast(a1, 3u) * v;
+    (*acc).r12 += subgroupBroadcast(a1, 4u) * v;
+    (*acc).r13 += subgroupBroadcast(a1, 5u) * v;
+    (*acc).r14 += subgroupBroadcast(a1, 6u) * v;
+    (*acc).r15 += subgroupBroadcast(a1, 7u) * v;
+}
+
+fn acc3_row(acc: ptr<function, Acc3>, t: u32) -> vec3<f32> {
+    switch t {
+        case 0u: { return (*acc).r0; }
+        case 1u: { return (*acc).r1; }
+        case 2u: { return (*acc).r2; }
+        case 3u: { return (*acc).r3; }
+        case 4u: { return (*acc).r4; }
+        case 5u: { return (*acc).r5; }
+        case 6u: { return (*acc).r6; }
+        case 7u: { return (*acc).r7; }
+        case 8u: { return (*acc).r8; }
+        case 9u: { return (*acc).r9; }
+        case 10u: { return (*acc).r10; }
+        case 11u: { return (*acc).r11; }
+        case 12u: { return (*acc).r12; }
+        case 13u: { return (*acc).r13; }
+        case 14u: { return (*acc).r14; }
+        case 15u: { return (*acc).r15; }
+        default: { return vec3<f32>(0.0); }
+    }
+}
+
+// 3x3, stride 1, and Wo a multiple of 4: the sliding-window form of `backward_weight`. A lane's
+// columns are the three kx taps of one (ci, ky); along an output row, the 6 inputs
+// x[ox - pad .. ox - pad + 5] serve 4 pixels × 3 taps, so a lane loads 6 + 8 values per 192
+// multiply-adds (against 6 per 64, each with its own tap bounds, in `backward_weight`).
+@compute @workgroup_size(16)
+fn backward_weight3(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(subgroup_invocation_id) sl: u32,
+) {
+    let ohw = p.ho * p.wo;
+    let ncol = p.cin * 3u;
+    let co0 = wid.y * 16u;
+    let col = wid.x * 16u + lid.x;
+    let cc = min(col, ncol - 1u);
+    let ci = cc / 3u;
+    let ky = cc - ci * 3u;
+    let d0 = min(co0 + sl, p.cout - 1u) * ohw;
+    let d1 = min(co0 + 8u + sl, p.cout - 1u) * ohw;
+    let off = vec4<i32>(0, 1, 2, 3) - vec4<i32>(i32(p.pad));
+    var acc = acc3_zero();
+    for (var nn = 0u; nn < p.n; nn++) {
+        let plane = (nn * p.cin + ci) * p.h * p.w;
+        let dn = nn * p.cout * ohw;
+        for (var oy = 0u; oy < p.ho; oy++) {
+            let iy = i32(oy + ky) - i32(p.pad);
+            let rowok = u32(iy) < p.h;
+            let row = plane + u32(clamp(iy, 0, i32(p.h) - 1)) * p.w;
+            let drow = dn + oy * p.wo;
+            for (var ox = 0u; ox < p.wo; ox += 4u) {
+                // Columns ox - pad .. ox - pad + 5, zero outside (nested selects, see taps).
+                let ixa = vec4<i32>(i32(ox)) + off;
+                let ixb = vec2<i32>(ixa.w + 1, ixa.w + 2);
+                let oka = vec4<u32>(ixa) < vec4<u32>(p.w);
+                let okb = vec2<u32>(ixb) < vec2<u32>(p.w);
+                let ca = vec4<u32>(clamp(ixa, vec4<i32>(0), vec4<i32>(i32(p.w) - 1)));
+                let cb = vec2<u32>(clamp(ixb, vec2<i32>(0), vec2<i32>(i32(p.w) - 1)));
+                let va = select(vec4<f32>(0.0), select(
+                    vec4<f32>(0.0),
+                    vec4<f32>(x[row + ca.x], x[row + ca.y], x[row + ca.z], x[row + ca.w]),
+                    oka,
+                ), rowok);
+                let vb = select(
+                    vec2<f32>(0.0),
+                    select(vec2<f32>(0.0), vec2<f32>(x[row + cb.x], x[row + cb.y]), okb),
+                    rowok,
+                );
+                let o0 = drow + d0 + ox;
+                let o1 = drow + d1 + ox;
+                acc3_step(&acc, dy[o0], dy[o1], va.xyz);
+                acc3_step(&acc, dy[o0 + 1u], dy[o1 + 1u], vec3<f32>(va.yzw));
+                acc3_step(&acc, dy[o0 + 2u], dy[o1 + 2u], vec3<f32>(va.zw, vb.x));
+                acc3_step(&acc, dy[o0 + 3u], dy[o1 + 3u], vec3<f32>(va.w, vb));
+            }
+        }
+    }
+    if (col >= ncol) { return; }
+    let k = ci * 9u + ky * 3u;
+    for (var t = 0u; t < 16u; t++) {
+        let co = co0 + t;
+        if (co >= p.cout) { break; }
+        let v = acc3_row(&acc, t);
+        let o = co * p.cin * 9u + k;
+        dweight[o] = v.x;
+        dweight[o + 1u] = v.y;
+        dweight[o + 2u] = v.z;
+    }
+}

@@ -60,6 +60,7 @@ fn launch(variant: Option<Variant>, pass: Pass, p: &Params, tensors: &[&Tensor])
                 Pass::InputGrad => (p.n * p.h * p.w, p.cin),
                 Pass::WeightGrad => ((p.cin * p.kh * p.kw).div_ceil(64) * 256, p.cout),
             };
+            let mut groups = [cols.div_ceil(256), rows.div_ceil(16), 1];
             let defs = format!("const STRIDE: u32 = {}u;", p.stride);
             // 3x3 stride 1 with rows of whole 4-pixel groups: the sliding-window kernel.
             let k3s1 = p.kh == 3 && p.kw == 3 && p.stride == 1;
@@ -70,16 +71,15 @@ fn launch(variant: Option<Variant>, pass: Pass, p: &Params, tensors: &[&Tensor])
                 Pass::InputGrad if k1 && hw4 => "backward_input1",
                 Pass::Forward if k3s1 && p.wo.is_multiple_of(4) => "forward3",
                 Pass::InputGrad if k3s1 && p.w.is_multiple_of(4) => "backward_input3",
+                Pass::WeightGrad if k3s1 && p.wo.is_multiple_of(4) => {
+                    // 16 lanes per workgroup, one (ci, ky) each.
+                    groups[0] = (p.cin * 3).div_ceil(16);
+                    "backward_weight3"
+                }
                 _ => pass.entry(),
             };
             let kernel = Kernel::new(&SHADER_SG8, entry);
-            e.dispatch_with(
-                kernel,
-                &defs,
-                p,
-                tensors,
-                [cols.div_ceil(256), rows.div_ceil(16), 1],
-            )
+            e.dispatch_with(kernel, &defs, p, tensors, groups)
         }
     };
     let v = match variant {
