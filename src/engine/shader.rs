@@ -165,8 +165,8 @@ pub struct Pipeline {
     pub slots: Vec<(u32, SlotKind)>,
 }
 
-/// Compiles `kernel` (with `defs`) for `device`.
-/// Compiles `kernel` with `defs`; `checks` as chosen by [`shader_checks`].
+/// Compiles `kernel` (with `defs`) for `device`, with naga's runtime checks if `checks`
+/// ([`shader_checks`]).
 pub fn build_pipeline(
     device: &wgpu::Device,
     kernel: Kernel,
@@ -243,7 +243,7 @@ pub fn build_pipeline(
 /// guard every access themselves and every loop is bounded (each is tested against its CPU
 /// reference), so the checks only cost time: 6-7% of a training step on lavapipe
 /// (docs/PERFORMANCE.md). By default they are off on Vulkan, whose drivers keep buffer access
-/// in bounds themselves (wgpu enables robust buffer access), and on elsewhere.
+/// in bounds themselves (wgpu enables robust buffer access), and on for the other back ends.
 /// `PROXDM_SHADER_CHECKS=on` forces them on (e.g. to debug a kernel), `off` forces them off.
 pub fn shader_checks(backend: wgpu::Backend) -> Result<bool> {
     match std::env::var("PROXDM_SHADER_CHECKS").as_deref() {
