@@ -6,9 +6,15 @@ use std::process::Command;
 use proxdm::io::npy;
 
 fn run(args: &[&str]) -> (bool, String) {
+    run_env(args, &[])
+}
+
+/// `run` with extra environment variables.
+fn run_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_proxdm"))
         .args(args)
         .env("XDG_RUNTIME_DIR", "/tmp")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let text = format!(
@@ -686,20 +692,12 @@ fn classifier_and_eval_end_to_end() {
 #[test]
 fn tuning_cache_follows_proxdm_tune() {
     let with_env = |tune: &str, cache: &std::path::Path| {
-        let out = Command::new(env!("CARGO_BIN_EXE_proxdm"))
-            .args(["smoke"])
-            .env("XDG_RUNTIME_DIR", "/tmp")
-            .env("PROXDM_TUNE", tune)
-            .env("PROXDM_CACHE_DIR", cache)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
+        run_env(
+            &["smoke"],
+            &[
+                ("PROXDM_TUNE", tune.as_ref()),
+                ("PROXDM_CACHE_DIR", cache.as_os_str()),
+            ],
         )
     };
     let (on, off) = (tmp("tune-on"), tmp("tune-off"));
@@ -725,22 +723,7 @@ fn tuning_cache_follows_proxdm_tune() {
 /// runtime checks on and off (the default on Vulkan is off), and an unknown value is refused.
 #[test]
 fn shader_checks_on_and_off_give_the_cpu_reference() {
-    let with_env = |checks: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_proxdm"))
-            .args(["smoke"])
-            .env("XDG_RUNTIME_DIR", "/tmp")
-            .env("PROXDM_SHADER_CHECKS", checks)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
+    let with_env = |checks: &str| run_env(&["smoke"], &[("PROXDM_SHADER_CHECKS", checks.as_ref())]);
     for checks in ["on", "off"] {
         let (ok, out) = with_env(checks);
         assert!(ok, "PROXDM_SHADER_CHECKS={checks}: {out}");
