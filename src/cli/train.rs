@@ -33,9 +33,9 @@ pub struct TrainArgs {
     /// Start a new run from these weights (an earlier run's model.safetensors, or a shipped
     /// file) instead of the seed's initialisation: the weights and their EMA begin there, the
     /// optimiser and the --config schedule start afresh. The file's network must be the
-    /// config's. For training on past a finished run, as a new stage: give the stage its own
-    /// [train] seed (else it replays the first stage's batches and noise) and a few hundred
-    /// steps of `warmup`.
+    /// config's (the dropout rate may differ: it holds no weights). For training on past a
+    /// finished run, as a new stage: give the stage its own [train] seed (else it replays the
+    /// first stage's batches and noise) and a few hundred steps of `warmup`.
     #[arg(long, value_name = "WEIGHTS")]
     pub init: Option<PathBuf>,
     /// Stop after this many steps of this invocation (the schedule still spans [train] iters);

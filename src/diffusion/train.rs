@@ -418,7 +418,10 @@ impl<'d> Trainer<'d> {
         };
         let loaded = match &self.model {
             Net::Unet(_) => {
-                let (m, store) = crate::io::weights::load(path, &e, None)?;
+                let (mut m, store) = crate::io::weights::load(path, &e, None)?;
+                // Dropout holds no weights: a stage may start from a file trained with another
+                // rate (the run's rate is what it trains with and what its files record).
+                m.config.unet.dropout = self.cfg.model().unet.dropout;
                 if m.config != self.cfg.model() {
                     return Err(mismatch(
                         format!("{:?}", m.config),
