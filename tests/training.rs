@@ -795,4 +795,19 @@ fn shipped_run_configs_are_valid() {
     assert!(![s.seed, score2.train.seed, score3.train.seed].contains(&s4.seed));
     s4.seed = score3.train.seed;
     assert_eq!(s4, score3.train);
+    // The ninth prox stage: the eighth without dropout, with a seed no prox stage has used.
+    let prox9 = read("mnist-small-stage9.toml");
+    let mut u9 = prox9.unet.clone();
+    assert_eq!(u9.dropout, 0.0);
+    u9.dropout = prox.unet.dropout;
+    assert_eq!(u9, prox.unet);
+    let mut p9 = prox9.train.clone();
+    assert!(
+        ![prox6.train.seed, prox7.train.seed, prox8.train.seed]
+            .iter()
+            .chain(&seeds)
+            .any(|&x| x == p9.seed)
+    );
+    p9.seed = prox8.train.seed;
+    assert_eq!(p9, prox8.train);
 }
