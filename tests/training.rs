@@ -810,4 +810,23 @@ fn shipped_run_configs_are_valid() {
     );
     p9.seed = prox8.train.seed;
     assert_eq!(p9, prox8.train);
+    // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
+    let score5 = read("mnist-small-score-stage5.toml");
+    let mut v5 = score5.unet.clone();
+    assert_eq!(v5.dropout, 0.0);
+    v5.dropout = score.unet.dropout;
+    assert_eq!(v5, score.unet);
+    let mut s5 = score5.train.clone();
+    assert!(
+        ![
+            s.seed,
+            score2.train.seed,
+            score3.train.seed,
+            score4.train.seed
+        ]
+        .contains(&s5.seed)
+    );
+    assert_eq!(s5.iters, prox9.train.iters, "the same budget");
+    s5.seed = score4.train.seed;
+    assert_eq!(s5, score4.train);
 }
