@@ -796,11 +796,15 @@ fn shipped_run_configs_are_valid() {
     s4.seed = score3.train.seed;
     assert_eq!(s4, score3.train);
     // The ninth prox stage: the eighth without dropout, with a seed no prox stage has used.
+    // A stage's network is `base` with dropout 0 (the rate holds no weights).
+    let same_without_dropout = |stage: &RunConfig, base: &RunConfig| {
+        let mut u = stage.unet.clone();
+        assert_eq!(u.dropout, 0.0);
+        u.dropout = base.unet.dropout;
+        assert_eq!(u, base.unet);
+    };
     let prox9 = read("mnist-small-stage9.toml");
-    let mut u9 = prox9.unet.clone();
-    assert_eq!(u9.dropout, 0.0);
-    u9.dropout = prox.unet.dropout;
-    assert_eq!(u9, prox.unet);
+    same_without_dropout(&prox9, &prox);
     let mut p9 = prox9.train.clone();
     assert!(
         ![prox6.train.seed, prox7.train.seed, prox8.train.seed]
@@ -812,10 +816,7 @@ fn shipped_run_configs_are_valid() {
     assert_eq!(p9, prox8.train);
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
-    let mut v5 = score5.unet.clone();
-    assert_eq!(v5.dropout, 0.0);
-    v5.dropout = score.unet.dropout;
-    assert_eq!(v5, score.unet);
+    same_without_dropout(&score5, &score);
     let mut s5 = score5.train.clone();
     assert!(
         ![
