@@ -795,7 +795,6 @@ fn shipped_run_configs_are_valid() {
     assert!(![s.seed, score2.train.seed, score3.train.seed].contains(&s4.seed));
     s4.seed = score3.train.seed;
     assert_eq!(s4, score3.train);
-    // The ninth prox stage: the eighth without dropout, with a seed no prox stage has used.
     // A stage's network is `base` with dropout 0 (the rate holds no weights).
     let same_without_dropout = |stage: &RunConfig, base: &RunConfig| {
         let mut u = stage.unet.clone();
@@ -803,6 +802,7 @@ fn shipped_run_configs_are_valid() {
         u.dropout = base.unet.dropout;
         assert_eq!(u, base.unet);
     };
+    // The ninth prox stage: the eighth without dropout, with a seed no prox stage has used.
     let prox9 = read("mnist-small-stage9.toml");
     same_without_dropout(&prox9, &prox);
     let mut p9 = prox9.train.clone();
