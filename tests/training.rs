@@ -814,6 +814,23 @@ fn shipped_run_configs_are_valid() {
     );
     p9.seed = prox8.train.seed;
     assert_eq!(p9, prox8.train);
+    // The tenth prox stage: the ninth again (no dropout) with a seed no prox stage has used.
+    let prox10 = read("mnist-small-stage10.toml");
+    same_without_dropout(&prox10, &prox);
+    let mut p10 = prox10.train.clone();
+    assert!(
+        ![
+            prox6.train.seed,
+            prox7.train.seed,
+            prox8.train.seed,
+            prox9.train.seed
+        ]
+        .iter()
+        .chain(&seeds)
+        .any(|&x| x == p10.seed)
+    );
+    p10.seed = prox9.train.seed;
+    assert_eq!(p10, prox9.train);
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
