@@ -805,30 +805,19 @@ fn shipped_run_configs_are_valid() {
     // The ninth prox stage: the eighth without dropout, with a seed no prox stage has used.
     let prox9 = read("mnist-small-stage9.toml");
     same_without_dropout(&prox9, &prox);
+    // Every prox stage's seed so far; each later stage draws a new one.
+    let mut prox_seeds = seeds.to_vec();
+    prox_seeds.extend([prox6.train.seed, prox7.train.seed, prox8.train.seed]);
     let mut p9 = prox9.train.clone();
-    assert!(
-        ![prox6.train.seed, prox7.train.seed, prox8.train.seed]
-            .iter()
-            .chain(&seeds)
-            .any(|&x| x == p9.seed)
-    );
+    assert!(!prox_seeds.contains(&p9.seed), "a new seed: {}", p9.seed);
+    prox_seeds.push(p9.seed);
     p9.seed = prox8.train.seed;
     assert_eq!(p9, prox8.train);
     // The tenth prox stage: the ninth again (no dropout) with a seed no prox stage has used.
     let prox10 = read("mnist-small-stage10.toml");
     same_without_dropout(&prox10, &prox);
     let mut p10 = prox10.train.clone();
-    assert!(
-        ![
-            prox6.train.seed,
-            prox7.train.seed,
-            prox8.train.seed,
-            prox9.train.seed
-        ]
-        .iter()
-        .chain(&seeds)
-        .any(|&x| x == p10.seed)
-    );
+    assert!(!prox_seeds.contains(&p10.seed), "a new seed: {}", p10.seed);
     p10.seed = prox9.train.seed;
     assert_eq!(p10, prox9.train);
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
