@@ -813,13 +813,23 @@ fn shipped_run_configs_are_valid() {
     prox_seeds.push(p9.seed);
     p9.seed = prox8.train.seed;
     assert_eq!(p9, prox8.train);
-    // The tenth prox stage: the ninth again (no dropout) with a seed no prox stage has used.
-    let prox10 = read("mnist-small-stage10.toml");
-    same_without_dropout(&prox10, &prox);
-    let mut p10 = prox10.train.clone();
-    assert!(!prox_seeds.contains(&p10.seed), "a new seed: {}", p10.seed);
-    p10.seed = prox9.train.seed;
-    assert_eq!(p10, prox9.train);
+    // The tenth and eleventh prox stages: the one before again (no dropout), each with a seed
+    // no prox stage has used.
+    let mut previous = prox9.clone();
+    for name in ["mnist-small-stage10.toml", "mnist-small-stage11.toml"] {
+        let stage = read(name);
+        same_without_dropout(&stage, &prox);
+        let mut t = stage.train.clone();
+        assert!(
+            !prox_seeds.contains(&t.seed),
+            "{name}: a new seed: {}",
+            t.seed
+        );
+        prox_seeds.push(t.seed);
+        t.seed = previous.train.seed;
+        assert_eq!(t, previous.train, "{name}: the stage before it again");
+        previous = stage;
+    }
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
