@@ -101,7 +101,8 @@ enum Command {
     /// digits (the Fréchet distance of `eval`); prints train and test accuracy.
     Classifier(proxdm::cli::classifier::ClassifierArgs),
     /// Score samples per sampler and step count: Fréchet distance of the classifier's
-    /// features to the MNIST test set, confidence, class histogram; table, CSV and plot.
+    /// features to the MNIST test set, confidence, share read as a digit, class histogram; table,
+    /// CSV and plot.
     /// With --denoise: each network's denoising error at the sampler's (t, λ) instead.
     Eval(proxdm::cli::eval::EvalArgs),
     /// Draw images from noise with trained weights (the shipped MNIST ProxDM model by

@@ -591,7 +591,21 @@ fn classifier_and_eval_end_to_end() {
         rows[4].starts_with("tiny-prox,prox-backward,10,"),
         "{rows:?}"
     );
-    let fd = |r: &str| -> f64 { r.split(',').nth(3).unwrap().parse().unwrap() };
+    assert_eq!(
+        rows[0],
+        "weights,sampler,steps,fd,confidence,read,class_entropy,histogram"
+    );
+    let col = |r: &str, i: usize| -> f64 { r.split(',').nth(i).unwrap().parse().unwrap() };
+    for r in &rows[1..] {
+        // The read share counts whole samples of 8; confidence ≥ 0.1 (ten classes).
+        let (conf, read) = (col(r, 4), col(r, 5));
+        assert!((0.1..=1.0).contains(&conf), "{r}");
+        assert!(
+            (0.0..=1.0).contains(&read) && (read * 8.0).fract() == 0.0,
+            "{r}"
+        );
+    }
+    let fd = |r: &str| col(r, 3);
     let (floor, untrained) = (fd(&rows[1]), fd(&rows[2]));
     assert!(floor.is_finite() && floor >= 0.0 && untrained.is_finite());
     assert!(

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::cli::sample::{draw_images, sampler_by_name};
 use crate::diffusion::denoise;
-use crate::diffusion::metric::{SampleReport, Scorer, mean_cov, report};
+use crate::diffusion::metric::{READ_THRESHOLD, SampleReport, Scorer, mean_cov, report};
 use crate::diffusion::oracles::{Network, Tweedie};
 use crate::diffusion::samplers::ProxOracle;
 use crate::diffusion::toy::ToySampler;
@@ -81,7 +81,8 @@ pub fn run(engine: &Engine, args: &EvalArgs) -> Result<String> {
     let acc = crate::diffusion::metric::accuracy(&tp, test.labels.as_deref().unwrap_or(&[]));
     let mut table = format!(
         "Fréchet distance of classifier features to the {} MNIST test images (classifier test \
-         accuracy {acc:.4}); {} samples each, seed {}\n\n{:<28} {:<18} {:>5} {:>9} {:>6} {:>8}  histogram\n",
+         accuracy {acc:.4}); {} samples each, seed {}; read: the share of samples whose class has \
+         probability ≥ {READ_THRESHOLD}\n\n{:<28} {:<18} {:>5} {:>9} {:>6} {:>6} {:>8}  histogram\n",
         test.len(),
         args.n,
         args.seed,
@@ -90,9 +91,11 @@ pub fn run(engine: &Engine, args: &EvalArgs) -> Result<String> {
         "steps",
         "FD",
         "conf",
+        "read",
         "H(class)"
     );
-    let mut csv = String::from("weights,sampler,steps,fd,confidence,class_entropy,histogram\n");
+    let mut csv =
+        String::from("weights,sampler,steps,fd,confidence,read,class_entropy,histogram\n");
     let mut row = |wname: &str, name: &str, steps: &str, r: &SampleReport| {
         let hist = r
             .histogram
@@ -102,13 +105,13 @@ pub fn run(engine: &Engine, args: &EvalArgs) -> Result<String> {
             .join(" ");
         let _ = writeln!(
             table,
-            "{wname:<28} {name:<18} {steps:>5} {:>9.3} {:>6.3} {:>8.3}  {hist}",
-            r.fd, r.confidence, r.class_entropy
+            "{wname:<28} {name:<18} {steps:>5} {:>9.3} {:>6.3} {:>6.3} {:>8.3}  {hist}",
+            r.fd, r.confidence, r.read, r.class_entropy
         );
         let _ = writeln!(
             csv,
-            "{wname},{name},{steps},{:.6},{:.6},{:.6},{}",
-            r.fd, r.confidence, r.class_entropy, hist
+            "{wname},{name},{steps},{:.6},{:.6},{:.6},{:.6},{}",
+            r.fd, r.confidence, r.read, r.class_entropy, hist
         );
     };
     // The floor: n real training images, scored as the samples are (the Fréchet distance of

@@ -295,21 +295,28 @@ pub struct SampleReport {
     pub fd: f64,
     /// Mean probability of the most probable class.
     pub confidence: f64,
+    /// Share of samples whose most probable class has probability ≥ [`READ_THRESHOLD`]: the
+    /// samples the classifier reads as one digit.
+    pub read: f64,
     /// Entropy (nats) of the predicted-class histogram; ln 10 = 2.30 when the classes are even.
     pub class_entropy: f64,
     /// Samples per predicted class.
     pub histogram: [usize; CLASSES],
 }
 
+/// The probability above which a sample counts as read as a digit (`SampleReport::read`).
+pub const READ_THRESHOLD: f64 = 0.9;
+
 /// Scores samples against the real images' feature statistics (`real` = (μ, C)).
 pub fn report(feats: &[f64], probs: &[f64], real: &(Vec<f64>, Vec<f64>)) -> SampleReport {
     let (mu, cov) = mean_cov(feats, FEATURES);
     let mut histogram = [0usize; CLASSES];
-    let mut conf = 0.0;
+    let (mut conf, mut read) = (0.0, 0usize);
     for p in probs.chunks(CLASSES) {
         let k = argmax(p);
         histogram[k] += 1;
         conf += p[k];
+        read += usize::from(p[k] >= READ_THRESHOLD);
     }
     let n = (probs.len() / CLASSES).max(1) as f64;
     let class_entropy = -histogram
@@ -320,6 +327,7 @@ pub fn report(feats: &[f64], probs: &[f64], real: &(Vec<f64>, Vec<f64>)) -> Samp
     SampleReport {
         fd: frechet(&mu, &cov, &real.0, &real.1),
         confidence: conf / n,
+        read: read as f64 / n,
         class_entropy,
         histogram,
     }
@@ -387,6 +395,32 @@ mod tests {
         // A set against itself: 0.
         let c = random_spd(d, 5);
         assert!(frechet(&mu1, &c, &mu1, &c).abs() < 1e-9);
+    }
+
+    #[test]
+    fn report_counts_classes_confidence_and_read_samples() {
+        // Four samples: two read as 3 (0.95, exactly the threshold), one 7 at 0.6, one 0 at 0.5.
+        let mut probs = vec![0.0; 4 * CLASSES];
+        let mut put = |i: usize, k: usize, p: f64| {
+            let row = &mut probs[i * CLASSES..(i + 1) * CLASSES];
+            row.fill((1.0 - p) / (CLASSES - 1) as f64);
+            row[k] = p;
+        };
+        put(0, 3, 0.95);
+        put(1, 3, READ_THRESHOLD);
+        put(2, 7, 0.6);
+        put(3, 0, 0.5);
+        let feats: Vec<f64> = (0..4 * FEATURES).map(|i| (i % 7) as f64).collect();
+        let real = mean_cov(&feats, FEATURES);
+        let r = report(&feats, &probs, &real);
+        assert!((r.confidence - (0.95 + 0.9 + 0.6 + 0.5) / 4.0).abs() < 1e-12);
+        assert_eq!(r.read, 0.5);
+        let mut want = [0; CLASSES];
+        (want[0], want[3], want[7]) = (1, 2, 1);
+        assert_eq!(r.histogram, want);
+        // Histogram shares ½, ¼, ¼: entropy ln 2 + ½ ln 2 … = 1.5 ln 2.
+        assert!((r.class_entropy - 1.5 * 2f64.ln()).abs() < 1e-12);
+        assert!(r.fd.abs() < 1e-9, "the same features: {}", r.fd);
     }
 
     #[test]
