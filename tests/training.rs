@@ -813,13 +813,14 @@ fn shipped_run_configs_are_valid() {
     prox_seeds.push(p9.seed);
     p9.seed = prox8.train.seed;
     assert_eq!(p9, prox8.train);
-    // The tenth to twelfth prox stages: the one before again (no dropout), each with a seed
+    // The tenth to thirteenth prox stages: the one before again (no dropout), each with a seed
     // no prox stage has used.
     let mut previous = prox9.clone();
     for name in [
         "mnist-small-stage10.toml",
         "mnist-small-stage11.toml",
         "mnist-small-stage12.toml",
+        "mnist-small-stage13.toml",
     ] {
         let stage = read(name);
         same_without_dropout(&stage, &prox);
