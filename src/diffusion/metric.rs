@@ -399,7 +399,8 @@ mod tests {
 
     #[test]
     fn report_counts_classes_confidence_and_read_samples() {
-        // Four samples: two read as 3 (0.95, exactly the threshold), one 7 at 0.6, one 0 at 0.5.
+        // Four samples: two read as 3 (one at 0.95, one exactly at the threshold), a 7 at 0.6 and a 0
+        // at 0.5.
         let mut probs = vec![0.0; 4 * CLASSES];
         let mut put = |i: usize, k: usize, p: f64| {
             let row = &mut probs[i * CLASSES..(i + 1) * CLASSES];
@@ -418,7 +419,7 @@ mod tests {
         let mut want = [0; CLASSES];
         (want[0], want[3], want[7]) = (1, 2, 1);
         assert_eq!(r.histogram, want);
-        // Histogram shares ½, ¼, ¼: entropy ln 2 + ½ ln 2 … = 1.5 ln 2.
+        // Histogram shares ½, ¼, ¼: entropy −(½ ln ½ + 2 · ¼ ln ¼) = 1.5 ln 2.
         assert!((r.class_entropy - 1.5 * 2f64.ln()).abs() < 1e-12);
         assert!(r.fd.abs() < 1e-9, "the same features: {}", r.fd);
     }
