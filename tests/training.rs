@@ -835,6 +835,24 @@ fn shipped_run_configs_are_valid() {
         assert_eq!(t, previous.train, "{name}: the stage before it again");
         previous = stage;
     }
+    // The fourteenth: the thirteenth at twice the proximal-matching rate, half as long, its
+    // cool-down still the last third, with a seed no prox stage has used.
+    let prox14 = read("mnist-small-stage14.toml");
+    same_without_dropout(&prox14, &prox);
+    let mut t = prox14.train.clone();
+    assert!(!prox_seeds.contains(&t.seed), "a new seed: {}", t.seed);
+    assert_eq!(t.pm_lr, 2.0 * previous.train.pm_lr);
+    assert_eq!(
+        (t.iters * 2, t.cooldown * 2),
+        (previous.train.iters, previous.train.cooldown)
+    );
+    (t.seed, t.pm_lr, t.iters, t.cooldown) = (
+        previous.train.seed,
+        previous.train.pm_lr,
+        previous.train.iters,
+        previous.train.cooldown,
+    );
+    assert_eq!(t, previous.train, "stage 14: stage 13 otherwise");
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
