@@ -853,6 +853,27 @@ fn shipped_run_configs_are_valid() {
         previous.train.cooldown,
     );
     assert_eq!(t, previous.train, "stage 14: stage 13 otherwise");
+    prox_seeds.push(prox14.train.seed);
+    // The fifteenth: the thirteenth at twice the batch for 1500 steps (1.25× its images), its
+    // cool-down still the last third, with a seed no prox stage has used.
+    let prox15 = read("mnist-small-stage15.toml");
+    same_without_dropout(&prox15, &prox);
+    let mut t = prox15.train.clone();
+    assert!(!prox_seeds.contains(&t.seed), "a new seed: {}", t.seed);
+    assert_eq!(t.batch, 2 * previous.train.batch);
+    assert_eq!((t.iters, t.cooldown * 3), (1500, t.iters));
+    assert_eq!(
+        4 * t.iters * t.batch,
+        5 * previous.train.iters * previous.train.batch,
+        "1.25× the images of stage 13"
+    );
+    (t.seed, t.batch, t.iters, t.cooldown) = (
+        previous.train.seed,
+        previous.train.batch,
+        previous.train.iters,
+        previous.train.cooldown,
+    );
+    assert_eq!(t, previous.train, "stage 15: stage 13 otherwise");
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
