@@ -874,6 +874,26 @@ fn shipped_run_configs_are_valid() {
         previous.train.cooldown,
     );
     assert_eq!(t, previous.train, "stage 15: stage 13 otherwise");
+    prox_seeds.push(prox15.train.seed);
+    // The sixteenth: the fifteenth at twice the batch for half the steps (the same images), its
+    // cool-down the last third, its EMA shorter so that the share of the starting weights left
+    // in the exported average, decay^iters, is the fifteenth's; a seed no prox stage has used.
+    let prox16 = read("mnist-small-stage16.toml");
+    same_without_dropout(&prox16, &prox);
+    let mut t = prox16.train.clone();
+    let p15 = &prox15.train;
+    assert!(!prox_seeds.contains(&t.seed), "a new seed: {}", t.seed);
+    assert_eq!((t.batch, t.iters * 2), (2 * p15.batch, p15.iters));
+    assert_eq!(t.cooldown * 3, t.iters);
+    let kept = |decay: f32, iters: usize| (decay as f64).powi(iters as i32);
+    let (k16, k15) = (kept(t.ema_decay, t.iters), kept(p15.ema_decay, p15.iters));
+    assert!(
+        (k16 - k15).abs() < 1e-3,
+        "EMA keeps {k16} of the start, stage 15 {k15}"
+    );
+    (t.seed, t.batch, t.iters, t.cooldown, t.ema_decay) =
+        (p15.seed, p15.batch, p15.iters, p15.cooldown, p15.ema_decay);
+    assert_eq!(t, *p15, "stage 16: stage 15 otherwise");
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
