@@ -637,6 +637,27 @@ fn gradient_clipping_rescales_to_the_global_norm() {
 
 /// The shipped MNIST run configs parse and validate, and the score baseline has the prox run's
 /// network (but for the prox-only skip) and budget.
+/// Asserts that a stage's training section is `base`'s but for the fields `restore` copies back
+/// from `base`, and a seed no earlier stage in `seeds` used (then adds it).
+fn only_changes(
+    stage: &TrainConfig,
+    base: &TrainConfig,
+    seeds: &mut Vec<u64>,
+    what: &str,
+    restore: impl FnOnce(&mut TrainConfig, &TrainConfig),
+) {
+    assert!(
+        !seeds.contains(&stage.seed),
+        "{what}: a new seed: {}",
+        stage.seed
+    );
+    seeds.push(stage.seed);
+    let mut t = stage.clone();
+    t.seed = base.seed;
+    restore(&mut t, base);
+    assert_eq!(t, *base, "{what}: otherwise the stage it starts from");
+}
+
 #[test]
 fn shipped_run_configs_are_valid() {
     let read = |name: &str| {
@@ -836,53 +857,36 @@ fn shipped_run_configs_are_valid() {
         previous = stage;
     }
     // The fourteenth: the thirteenth at twice the proximal-matching rate, half as long, its
-    // cool-down still the last third, with a seed no prox stage has used.
+    // cool-down still the last third.
     let prox14 = read("mnist-small-stage14.toml");
     same_without_dropout(&prox14, &prox);
-    let mut t = prox14.train.clone();
-    assert!(!prox_seeds.contains(&t.seed), "a new seed: {}", t.seed);
-    assert_eq!(t.pm_lr, 2.0 * previous.train.pm_lr);
-    assert_eq!(
-        (t.iters * 2, t.cooldown * 2),
-        (previous.train.iters, previous.train.cooldown)
-    );
-    (t.seed, t.pm_lr, t.iters, t.cooldown) = (
-        previous.train.seed,
-        previous.train.pm_lr,
-        previous.train.iters,
-        previous.train.cooldown,
-    );
-    assert_eq!(t, previous.train, "stage 14: stage 13 otherwise");
-    prox_seeds.push(prox14.train.seed);
+    let (t, p13) = (&prox14.train, &previous.train);
+    assert_eq!(t.pm_lr, 2.0 * p13.pm_lr);
+    assert_eq!((t.iters * 2, t.cooldown * 2), (p13.iters, p13.cooldown));
+    only_changes(t, p13, &mut prox_seeds, "stage 14", |t, p| {
+        (t.pm_lr, t.iters, t.cooldown) = (p.pm_lr, p.iters, p.cooldown)
+    });
     // The fifteenth: the thirteenth at twice the batch for 1500 steps (1.25× its images), its
-    // cool-down still the last third, with a seed no prox stage has used.
+    // cool-down still the last third.
     let prox15 = read("mnist-small-stage15.toml");
     same_without_dropout(&prox15, &prox);
-    let mut t = prox15.train.clone();
-    assert!(!prox_seeds.contains(&t.seed), "a new seed: {}", t.seed);
-    assert_eq!(t.batch, 2 * previous.train.batch);
+    let t = &prox15.train;
+    assert_eq!(t.batch, 2 * p13.batch);
     assert_eq!((t.iters, t.cooldown * 3), (1500, t.iters));
     assert_eq!(
         4 * t.iters * t.batch,
-        5 * previous.train.iters * previous.train.batch,
-        "1.25× the images of stage 13"
+        5 * p13.iters * p13.batch,
+        "1.25× the images"
     );
-    (t.seed, t.batch, t.iters, t.cooldown) = (
-        previous.train.seed,
-        previous.train.batch,
-        previous.train.iters,
-        previous.train.cooldown,
-    );
-    assert_eq!(t, previous.train, "stage 15: stage 13 otherwise");
-    prox_seeds.push(prox15.train.seed);
+    only_changes(t, p13, &mut prox_seeds, "stage 15", |t, p| {
+        (t.batch, t.iters, t.cooldown) = (p.batch, p.iters, p.cooldown)
+    });
     // The sixteenth: the fifteenth at twice the batch for half the steps (the same images), its
     // cool-down the last third, its EMA shorter so that the share of the starting weights left
-    // in the exported average, decay^iters, is the fifteenth's; a seed no prox stage has used.
+    // in the exported average, decay^iters, is the fifteenth's.
     let prox16 = read("mnist-small-stage16.toml");
     same_without_dropout(&prox16, &prox);
-    let mut t = prox16.train.clone();
-    let p15 = &prox15.train;
-    assert!(!prox_seeds.contains(&t.seed), "a new seed: {}", t.seed);
+    let (t, p15) = (&prox16.train, &prox15.train);
     assert_eq!((t.batch, t.iters * 2), (2 * p15.batch, p15.iters));
     assert_eq!(t.cooldown * 3, t.iters);
     let kept = |decay: f32, iters: usize| (decay as f64).powi(iters as i32);
@@ -891,9 +895,9 @@ fn shipped_run_configs_are_valid() {
         (k16 - k15).abs() < 1e-3,
         "EMA keeps {k16} of the start, stage 15 {k15}"
     );
-    (t.seed, t.batch, t.iters, t.cooldown, t.ema_decay) =
-        (p15.seed, p15.batch, p15.iters, p15.cooldown, p15.ema_decay);
-    assert_eq!(t, *p15, "stage 16: stage 15 otherwise");
+    only_changes(t, p15, &mut prox_seeds, "stage 16", |t, p| {
+        (t.batch, t.iters, t.cooldown, t.ema_decay) = (p.batch, p.iters, p.cooldown, p.ema_decay)
+    });
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
