@@ -635,8 +635,6 @@ fn gradient_clipping_rescales_to_the_global_norm() {
     }
 }
 
-/// The shipped MNIST run configs parse and validate, and the score baseline has the prox run's
-/// network (but for the prox-only skip) and budget.
 /// Asserts that a stage's training section is `base`'s but for the fields `restore` copies back
 /// from `base`, and a seed no earlier stage in `seeds` used (then adds it).
 fn only_changes(
@@ -658,6 +656,8 @@ fn only_changes(
     assert_eq!(t, *base, "{what}: otherwise the stage it starts from");
 }
 
+/// The shipped MNIST run configs parse and validate, and the score baseline has the prox run's
+/// network (but for the prox-only skip) and budget.
 #[test]
 fn shipped_run_configs_are_valid() {
     let read = |name: &str| {
