@@ -898,6 +898,10 @@ fn shipped_run_configs_are_valid() {
     only_changes(t, p15, &mut prox_seeds, "stage 16", |t, p| {
         (t.batch, t.iters, t.cooldown, t.ema_decay) = (p.batch, p.iters, p.cooldown, p.ema_decay)
     });
+    // The seventeenth: the sixteenth again with a new seed.
+    let prox17 = read("mnist-small-stage17.toml");
+    same_without_dropout(&prox17, &prox);
+    only_changes(&prox17.train, t, &mut prox_seeds, "stage 17", |_, _| {});
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
