@@ -653,7 +653,7 @@ fn only_changes(
     let mut t = stage.clone();
     t.seed = base.seed;
     restore(&mut t, base);
-    assert_eq!(t, *base, "{what}: otherwise the stage it starts from");
+    assert_eq!(t, *base, "{what}: otherwise the config it is based on");
 }
 
 /// The shipped MNIST run configs parse and validate, and the score baseline has the prox run's
@@ -902,6 +902,14 @@ fn shipped_run_configs_are_valid() {
     let prox17 = read("mnist-small-stage17.toml");
     same_without_dropout(&prox17, &prox);
     only_changes(&prox17.train, t, &mut prox_seeds, "stage 17", |_, _| {});
+    // The eighteenth: the fifteenth at half its proximal-matching rate, with a new seed.
+    let prox18 = read("mnist-small-stage18.toml");
+    same_without_dropout(&prox18, &prox);
+    let t = &prox18.train;
+    assert_eq!(2.0 * t.pm_lr, p15.pm_lr);
+    only_changes(t, p15, &mut prox_seeds, "stage 18", |t, p| {
+        t.pm_lr = p.pm_lr
+    });
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
