@@ -635,6 +635,81 @@ fn gradient_clipping_rescales_to_the_global_norm() {
     }
 }
 
+/// A batch split into micro-batches (5 images as 2 + 2 + 1) gives the whole batch's loss and
+/// gradients: each part's mean weighted by its share, with the whole batch's noise.
+#[test]
+fn micro_batches_give_the_whole_batch_gradient() {
+    let e = engine();
+    let data = bars(16);
+    for kind in [ModelKind::Prox, ModelKind::Score] {
+        let mut cfg = tiny(
+            kind,
+            TrainConfig {
+                batch: 5,
+                micro_batch: Some(2),
+                ..Default::default()
+            },
+        );
+        cfg.unet.dropout = 0.0;
+        let mut tr = Trainer::new(&e, cfg, &data).unwrap();
+        assert_eq!(tr.micro, 2, "the config's micro_batch");
+        let (loss, grads) = tr.loss_and_grads(0).unwrap();
+        tr.micro = 5;
+        let (whole_loss, whole) = tr.loss_and_grads(0).unwrap();
+        let (l, w) = (loss.to_vec().unwrap()[0], whole_loss.to_vec().unwrap()[0]);
+        assert!((l - w).abs() <= 1e-5 * w.abs(), "{kind:?}: loss {l} vs {w}");
+        assert_eq!(grads.len(), whole.len());
+        let mut n = 0;
+        for (g, h) in grads.iter().zip(&whole) {
+            let (Some(g), Some(h)) = (g, h) else {
+                assert!(g.is_none() && h.is_none());
+                continue;
+            };
+            let (g, h) = (g.to_vec().unwrap(), h.to_vec().unwrap());
+            let scale = h.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+            for (a, b) in g.iter().zip(&h) {
+                assert!((a - b).abs() <= 1e-4 * scale, "{kind:?}: {a} vs {b}");
+            }
+            n += 1;
+        }
+        assert!(n > 10, "{n} gradients compared");
+    }
+}
+
+/// The micro-batch is the config's, else the batch, lowered to what the largest storage
+/// binding holds; an adapter that cannot hold one image is an error that says so.
+#[test]
+fn micro_batch_fits_the_storage_binding() {
+    use proxdm::diffusion::train::micro_batch;
+    const MIB: u64 = 1 << 20;
+    // The reference network's largest tensor is 768 KiB per image (see tests/unet.rs): batch
+    // 512 needs 384 MiB, three times lavapipe's 128 MiB binding, which holds 170 images; the
+    // parts are evened out, 4 × 128.
+    let kib768 = 3 * MIB / 4;
+    assert_eq!(micro_batch(512, None, kib768, 128 * MIB).unwrap(), 128);
+    assert_eq!(micro_batch(512, Some(300), kib768, 128 * MIB).unwrap(), 128);
+    assert_eq!(micro_batch(512, Some(100), kib768, 128 * MIB).unwrap(), 86); // 6 parts
+    assert_eq!(micro_batch(512, None, kib768, 2048 * MIB).unwrap(), 512);
+    assert_eq!(micro_batch(32, None, kib768, 128 * MIB).unwrap(), 32);
+    assert_eq!(micro_batch(32, Some(64), kib768, 128 * MIB).unwrap(), 32);
+    assert_eq!(micro_batch(5, Some(2), kib768, 128 * MIB).unwrap(), 2);
+    let err = micro_batch(8, None, 256 * MIB, 128 * MIB)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("256.0 MiB") && err.contains("128.0 MiB"),
+        "{err}"
+    );
+    let mut cfg = tiny(ModelKind::Score, TrainConfig::default());
+    cfg.train.micro_batch = Some(0);
+    assert!(
+        cfg.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("micro_batch")
+    );
+}
+
 /// Asserts that a stage's training section is `base`'s but for the fields `restore` copies back
 /// from `base`, and a seed no earlier stage in `seeds` used (then adds it).
 fn only_changes(
@@ -926,4 +1001,87 @@ fn shipped_run_configs_are_valid() {
     assert_eq!(s5.iters, prox9.train.iters, "the same budget");
     s5.seed = score4.train.seed;
     assert_eq!(s5, score4.train);
+}
+
+/// The reference's MNIST configurations ship as presets (`configs/mnist-reference*.toml`): its
+/// network (ch 64, mult 1/2/2/2, two blocks per level, attention at 16×16, dropout 0.1), 225k
+/// steps of 512, PyTorch's default AdamW (weight decay 0.01, no clipping, no warm-up), EMA
+/// 0.9999; the prox runs' L1 phase for the first 75k steps at 1e-4, then proximal matching at
+/// 1e-5 with ζ = 1 for 75k steps and 0.5 for the rest (the values of ZhenghanFang/ProxDM's
+/// configs/mnist/*.py, checked step by step against its schedule's arithmetic written out).
+#[test]
+fn reference_presets_are_the_reference_configs() {
+    let read = |name: &str| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("configs")
+            .join(name);
+        RunConfig::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let hybrid = read("mnist-reference.toml");
+    let backward = read("mnist-reference-backward.toml");
+    let score = read("mnist-reference-score.toml");
+    let net = UNetConfig {
+        ch: 64,
+        ch_mult: vec![1, 2, 2, 2],
+        attn: vec![1],
+        num_res_blocks: 2,
+        dropout: 0.1,
+        in_ch: 1,
+        skip: proxdm::models::Skip::None,
+    };
+    for (c, kind) in [
+        (&hybrid, ModelKind::Prox),
+        (&backward, ModelKind::Prox),
+        (&score, ModelKind::Score),
+    ] {
+        assert_eq!(c.kind, kind);
+        assert_eq!(c.unet, net);
+        assert_eq!(c.unet, UNetConfig::mnist_reference());
+        assert_eq!(
+            c.sde,
+            SdeConfig {
+                beta_min: 0.1,
+                beta_max: 20.0
+            }
+        );
+        let t = &c.train;
+        assert_eq!((t.batch, t.iters, t.seed), (512, 225_000, 0));
+        assert_eq!((t.weight_decay, t.ema_decay), (0.01, 0.9999));
+        assert_eq!((t.grad_clip, t.warmup, t.cooldown), (None, 0, 0));
+    }
+    assert_eq!(hybrid.train.discretization, Discretization::Hybrid);
+    assert_eq!(hybrid.train.step_candidates, vec![5, 10, 20, 50, 100, 1000]);
+    assert_eq!(backward.train.discretization, Discretization::Backward);
+    assert_eq!(backward.train.step_candidates, vec![20, 50, 100, 1000]);
+    let mut same = backward.train.clone();
+    (same.discretization, same.step_candidates) = (
+        hybrid.train.discretization,
+        hybrid.train.step_candidates.clone(),
+    );
+    assert_eq!(same, hybrid.train, "backward differs only in sampler and N");
+    // The reference's PMLossSchedule: L1 while it ≤ l1_iters; then it_ = it − l1_iters − 1,
+    // decay_every = pm_iters // stages, ζ = start · decay^min(it_ // decay_every, stages − 1).
+    let reference = |it: usize| -> (Loss, f32) {
+        let (l1, total, stages) = (75_000usize, 225_000usize, 2usize);
+        if it <= l1 {
+            return (Loss::L1, 1e-4);
+        }
+        let k = ((it - l1 - 1) / ((total - l1) / stages)).min(stages - 1);
+        (
+            Loss::ProxMatch {
+                zeta: 0.5f32.powi(k as i32),
+            },
+            1e-5,
+        )
+    };
+    for c in [&hybrid, &backward] {
+        for it in [
+            1, 74_999, 75_000, 75_001, 149_999, 150_000, 150_001, 150_002, 225_000,
+        ] {
+            assert_eq!(schedule(c, it), reference(it), "step {it}");
+        }
+    }
+    for it in [1, 100_000, 225_000] {
+        assert_eq!(schedule(&score, it), (Loss::Mse, 2e-4), "step {it}");
+    }
 }

@@ -283,6 +283,28 @@ fn forward_is_deterministic_and_init_is_reproducible() {
     );
 }
 
+/// The largest tensor of a forward per 32×32 image, counted by hand: for both presets the
+/// first concatenation at the top of the up path, 32×32 pixels of the 2·ch channels coming up
+/// from 16×16 and the ch-channel skip (the attention logits at 16×16, 256 × 256, are smaller).
+#[test]
+fn preset_largest_tensors_are_the_top_concatenation() {
+    use proxdm::models::{Model, ModelConfig, ModelKind, UNetConfig};
+    for (unet, want) in [
+        (UNetConfig::default(), (2 * 32 + 32) * 32 * 32),
+        (UNetConfig::mnist_reference(), (2 * 64 + 64) * 32 * 32),
+    ] {
+        for kind in [ModelKind::Prox, ModelKind::Score] {
+            let cfg = ModelConfig {
+                kind,
+                unet: unet.clone(),
+                sde: Default::default(),
+            };
+            let (model, _) = Model::build(&cfg, 0).unwrap();
+            assert_eq!(model.largest_tensor(32).unwrap(), want, "{unet:?}");
+        }
+    }
+}
+
 /// FLOPs per 32×32 image, counted by running each preset's forward on shapes, against the
 /// figures measured independently with PyTorch's profiler for the same networks (issue #6:
 /// ≈ 0.56 GFLOP for the small preset, ≈ 3.2 GFLOP for the reference MNIST network).

@@ -79,6 +79,12 @@ pub struct TrainConfig {
     pub grad_clip: Option<f32>,
     /// Steps between checkpoints.
     pub checkpoint_every: usize,
+    /// At most this many images per forward and backward pass: a step's batch is split into
+    /// micro-batches whose gradients are summed, weighted by their share of the batch, before
+    /// clipping and the update (the same step as the whole batch at once, up to rounding, for
+    /// less memory). When absent, the whole batch, or as many images as fit the adapter's
+    /// largest storage binding.
+    pub micro_batch: Option<usize>,
     /// LPN denoiser (unconditioned) only: the noise std of y = x + σz, on the data's scale.
     pub sigma: f32,
     /// LPN denoiser only: draw σ uniformly in [sigma, sigma_max] per image instead.
@@ -107,6 +113,7 @@ impl Default for TrainConfig {
             ema_decay: 0.9999,
             grad_clip: None,
             checkpoint_every: 200,
+            micro_batch: None,
             sigma: 0.2,
             sigma_max: None,
         }
@@ -179,6 +186,9 @@ impl RunConfig {
         let bad = |m: &str| Err(Error::Config(format!("[train] {m}")));
         if t.batch == 0 || t.iters == 0 || t.checkpoint_every == 0 {
             return bad("batch, iters and checkpoint_every must be positive");
+        }
+        if t.micro_batch == Some(0) {
+            return bad("micro_batch must be positive (or absent: the whole batch)");
         }
         if t.warmup + t.cooldown > t.iters {
             return bad("warmup + cooldown must not exceed iters");
@@ -355,6 +365,37 @@ impl Net {
             Net::Lpn(l) => l.forward_flops(),
         }
     }
+
+    /// Elements of the largest tensor one forward creates per input of side `size`.
+    pub fn largest_tensor(&self, size: usize) -> Result<usize> {
+        match self {
+            Net::Unet(m) => m.largest_tensor(size),
+            Net::Lpn(l) => l.largest_tensor(),
+        }
+    }
+}
+
+/// Images per forward and backward pass: the config's `micro_batch` (else the batch), lowered
+/// to the most whose largest tensor (`bytes_per_image` each) fits a storage binding of
+/// `max_binding` bytes, then evened out over the parts that takes (512 images in parts of at
+/// most 170 go as 4 × 128, not 170 + 170 + 170 + 2). Errors when not even one image fits.
+pub fn micro_batch(
+    batch: usize,
+    requested: Option<usize>,
+    bytes_per_image: u64,
+    max_binding: u64,
+) -> Result<usize> {
+    let fit = (max_binding / bytes_per_image.max(1)) as usize;
+    if fit == 0 {
+        return Err(Error::Config(format!(
+            "one image needs a tensor of {}, over this adapter's largest storage binding ({}): \
+             the network is too large for this adapter",
+            crate::engine::adapter::human_bytes(bytes_per_image),
+            crate::engine::adapter::human_bytes(max_binding)
+        )));
+    }
+    let most = requested.unwrap_or(batch).min(batch).min(fit).max(1);
+    Ok(batch.div_ceil(batch.div_ceil(most)))
 }
 
 /// A model being trained: weights, optimiser (with the EMA), data, and the step count.
@@ -369,6 +410,8 @@ pub struct Trainer<'d> {
     perm: (usize, Vec<usize>),
     /// The weight file the run started from (`--init`), if not the seed's initialisation.
     pub init: Option<String>,
+    /// Images per forward and backward pass (see [`TrainConfig::micro_batch`]).
+    pub micro: usize,
 }
 
 /// Metadata keys of a checkpoint.
@@ -382,6 +425,17 @@ impl<'d> Trainer<'d> {
         cfg.validate()?;
         check_data(&cfg, data)?;
         let (model, pb) = Net::build(&cfg, cfg.train.seed)?;
+        let limits = engine.limits();
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        let per_image = 4 * model.largest_tensor(data.shape[2])? as u64;
+        let micro = micro_batch(
+            cfg.train.batch,
+            cfg.train.micro_batch,
+            per_image,
+            max_binding,
+        )?;
         let store = pb.finish(engine)?;
         let mut opt = Optimizer::new(&store, adamw(&cfg), Some(cfg.train.ema_decay))?;
         if let Net::Lpn(l) = &model {
@@ -396,6 +450,7 @@ impl<'d> Trainer<'d> {
             iter: 0,
             perm: (usize::MAX, vec![]),
             init: None,
+            micro,
         })
     }
 
@@ -520,16 +575,70 @@ impl<'d> Trainer<'d> {
 
     /// Forward, loss and backward of step `it` (0-based) without updating: the loss (a GPU
     /// scalar) and the gradient of each parameter (`None` where the loss does not depend on it).
+    /// The batch goes through in micro-batches of at most [`Trainer::micro`] images, whose
+    /// losses and gradients are summed weighted by their share of the batch (every loss is a
+    /// mean over the batch's images).
     pub fn loss_and_grads(&mut self, it: usize) -> Result<(Tensor, Vec<Option<Tensor>>)> {
+        let draws = self.draws(it);
+        let b = draws.idx.len();
+        let m = self.micro.clamp(1, b);
+        if m == b {
+            return self.part_loss_and_grads(it, &draws, 0..b);
+        }
+        let mut total: Option<(Tensor, Vec<Option<Tensor>>)> = None;
+        for start in (0..b).step_by(m) {
+            let part = start..(start + m).min(b);
+            let w = part.len() as f32 / b as f32;
+            let (loss, grads) = self.part_loss_and_grads(it, &draws, part)?;
+            let loss = elementwise::scale(&loss, w)?;
+            let grads = grads
+                .into_iter()
+                .map(|g| g.map(|g| elementwise::scale(&g, w)).transpose())
+                .collect::<Result<Vec<_>>>()?;
+            total = Some(match total {
+                None => (loss, grads),
+                Some((l0, g0)) => {
+                    let sum = g0
+                        .into_iter()
+                        .zip(grads)
+                        .map(|(a, b)| match (a, b) {
+                            (Some(a), Some(b)) => elementwise::add(&a, &b).map(Some),
+                            (a, b) => Ok(a.or(b)),
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    (elementwise::add(&l0, &loss)?, sum)
+                }
+            });
+        }
+        Ok(total.expect("a batch has at least one image"))
+    }
+
+    /// The loss (mean over the images of `part`) and gradients of the part `part` of step
+    /// `it`'s batch. Its noise is the whole batch's at those images (Philox draws keyed by
+    /// element), and a part after the first draws its dropout masks from its own seed.
+    fn part_loss_and_grads(
+        &self,
+        it: usize,
+        draws: &Draws,
+        part: std::ops::Range<usize>,
+    ) -> Result<(Tensor, Vec<Option<Tensor>>)> {
         let e = self.store.tensors()[0].engine().clone();
         let (kind, _) = schedule(&self.cfg, it + 1);
-        let Draws { idx, t: ts, lambda } = self.draws(it);
+        let idx = &draws.idx[part.clone()];
+        let ts = &draws.t[part.clone()];
+        let lambda = &draws.lambda[part.clone()];
         let b = idx.len();
-        let (shape, x0) = self.batch(&idx);
+        let (shape, x0) = self.batch(idx);
         let x0 = Tensor::from_slice(&e, &shape, &x0)?;
         let seed = self.cfg.train.seed;
         let stream = (it as u32).wrapping_mul(3);
-        let z1 = noise::randn(&e, &shape, seed, stream.wrapping_add(1))?;
+        let offset = (part.start * (x0.numel() / b)) as u32;
+        let randn = |stream: u32| -> Result<Tensor> {
+            let z = Tensor::uninit(&e, &shape)?;
+            noise::fill_gaussian(&z, seed, stream, offset, 0.0, 1.0)?;
+            Ok(z)
+        };
+        let z1 = randn(stream.wrapping_add(1))?;
         let sde = self.cfg.sde;
         let mut col_shape = vec![1; shape.len()];
         col_shape[0] = b;
@@ -541,10 +650,10 @@ impl<'d> Trainer<'d> {
             .collect())?;
         let xt = elementwise::add(&elementwise::mul(&x0, &sa)?, &elementwise::mul(&z1, &sb)?)?;
         let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
-        let (t32, l32) = (f32s(&ts), f32s(&lambda));
+        let (t32, l32) = (f32s(ts), f32s(lambda));
         let (input, target, prox) = match self.cfg.kind {
             ModelKind::Prox | ModelKind::Lpn => {
-                let z2 = noise::randn(&e, &shape, seed, stream.wrapping_add(2))?;
+                let z2 = randn(stream.wrapping_add(2))?;
                 let sl = col(lambda.iter().map(|&l| l.sqrt() as f32).collect())?;
                 let y = elementwise::add(&xt, &elementwise::mul(&z2, &sl)?)?;
                 (y, z2, true)
@@ -572,7 +681,9 @@ impl<'d> Trainer<'d> {
             };
             let be = Gpu {
                 graph: &g,
-                dropout_seed: Some(seed ^ 0xd209 ^ ((it as u64) << 16)),
+                dropout_seed: Some(
+                    seed ^ 0xd209 ^ ((it as u64) << 16) ^ ((part.start as u64) << 40),
+                ),
             };
             let lam = prox.then_some(&l32[..]);
             let out = model.eps(&be, &p, &g.constant(input), &t32, lam)?;

@@ -524,11 +524,21 @@ impl Lpn {
 
     /// FLOPs of ψ on one input (the forward; f costs about twice more).
     pub fn forward_flops(&self) -> Result<f64> {
+        Ok(self.psi_on_shapes()?.total())
+    }
+
+    /// Elements of the largest tensor ψ's forward creates per input.
+    pub fn largest_tensor(&self) -> Result<usize> {
+        Ok(self.psi_on_shapes()?.largest())
+    }
+
+    /// ψ of a single input on shapes only.
+    fn psi_on_shapes(&self) -> Result<crate::nn::flops::Flops> {
         let (_, pb) = Lpn::build(&self.config, 0)?;
         let params: Vec<Vec<usize>> = pb.into_params().into_iter().map(|p| p.1).collect();
         let be = crate::nn::flops::Flops::default();
         let cond = self.config.cond.then(|| vec![1, 2 * self.config.emb]);
         self.psi(&be, &params, &self.config.input_shape(1), cond.as_ref())?;
-        Ok(be.total())
+        Ok(be)
     }
 }

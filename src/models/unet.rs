@@ -362,13 +362,24 @@ impl Model {
     /// FLOPs of one forward on one `size`×`size` image (convolutions, linear layers and
     /// attention products; see [`crate::nn::flops`]), counted by running the forward on shapes.
     pub fn forward_flops(&self, size: usize) -> Result<f64> {
+        Ok(self.forward_on_shapes(size)?.total())
+    }
+
+    /// Elements of the largest tensor one forward creates per input image of side `size`
+    /// (a batch's largest tensor is this times the batch; the backward's are the same shapes).
+    pub fn largest_tensor(&self, size: usize) -> Result<usize> {
+        Ok(self.forward_on_shapes(size)?.largest())
+    }
+
+    /// One forward of a single image of side `size` on shapes only.
+    fn forward_on_shapes(&self, size: usize) -> Result<crate::nn::flops::Flops> {
         let (_, pb) = Model::build(&self.config, 0)?;
         let params: Vec<Vec<usize>> = pb.into_params().into_iter().map(|p| p.1).collect();
         let be = crate::nn::flops::Flops::default();
         let x = vec![1, self.config.unet.in_ch, size, size];
         let lamb = (self.config.kind == ModelKind::Prox).then_some(&[0.5f32][..]);
         self.eps(&be, &params, &x, &[0.5], lamb)?;
-        Ok(be.total())
+        Ok(be)
     }
 
     /// The network output (predicted noise) for x (N, C, H, W), t (N) and, for a prox

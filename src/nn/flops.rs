@@ -1,6 +1,8 @@
 //! A backend that runs a layer's forward on shapes only and counts its floating-point work
 //! (2 per multiply-add of convolutions, linear layers and attention products; elementwise ops
 //! and normalisations are not counted). The models' FLOP figures come from their own code.
+//! It also records the largest tensor the forward creates (attention's L × L logits included),
+//! which bounds what a batch needs of the adapter's largest storage binding.
 
 use std::cell::Cell;
 
@@ -12,11 +14,23 @@ use crate::ops::conv2d::out_size;
 #[derive(Default)]
 pub struct Flops {
     count: Cell<f64>,
+    largest: Cell<usize>,
 }
 
 impl Flops {
     pub fn total(&self) -> f64 {
         self.count.get()
+    }
+
+    /// Elements of the largest tensor seen so far.
+    pub fn largest(&self) -> usize {
+        self.largest.get()
+    }
+
+    fn seen(&self, shape: Vec<usize>) -> Vec<usize> {
+        self.largest
+            .set(self.largest.get().max(shape.iter().product()));
+        shape
     }
 
     fn add_flops(&self, f: usize) {
@@ -38,11 +52,11 @@ impl Backend for Flops {
         x
     }
     fn add(&self, a: &Vec<usize>, b: &Vec<usize>) -> Result<Vec<usize>> {
-        Ok(if a.len() >= b.len() {
+        Ok(self.seen(if a.len() >= b.len() {
             a.clone()
         } else {
             b.clone()
-        })
+        }))
     }
     fn silu(&self, x: &Vec<usize>) -> Result<Vec<usize>> {
         Ok(x.clone())
@@ -53,7 +67,7 @@ impl Backend for Flops {
     fn linear(&self, x: &Vec<usize>, w: &Vec<usize>, _: Option<&Vec<usize>>) -> Result<Vec<usize>> {
         rank("linear", x, 2)?;
         self.add_flops(2 * x[0] * w[0] * w[1]);
-        Ok(vec![x[0], w[0]])
+        Ok(self.seen(vec![x[0], w[0]]))
     }
     fn conv2d(
         &self,
@@ -69,7 +83,7 @@ impl Backend for Flops {
             out_size(x[3], w[3], stride, pad),
         );
         self.add_flops(2 * x[0] * w[0] * ho * wo * w[1] * w[2] * w[3]);
-        Ok(vec![x[0], w[0], ho, wo])
+        Ok(self.seen(vec![x[0], w[0], ho, wo]))
     }
     fn group_norm(
         &self,
@@ -82,29 +96,30 @@ impl Backend for Flops {
     }
     fn upsample2x(&self, x: &Vec<usize>) -> Result<Vec<usize>> {
         rank("upsample2x", x, 4)?;
-        Ok(vec![x[0], x[1], 2 * x[2], 2 * x[3]])
+        Ok(self.seen(vec![x[0], x[1], 2 * x[2], 2 * x[3]]))
     }
     fn concat(&self, a: &Vec<usize>, b: &Vec<usize>) -> Result<Vec<usize>> {
         rank("concat", a, 4)?;
-        Ok(vec![a[0], a[1] + b[1], a[2], a[3]])
+        Ok(self.seen(vec![a[0], a[1] + b[1], a[2], a[3]]))
     }
     fn attention(&self, q: &Vec<usize>, k: &Vec<usize>, _: &Vec<usize>) -> Result<Vec<usize>> {
         // q, k, v: (B, L, C); logits B·L·L·C multiply-adds, output as many again.
         rank("attention", q, 3)?;
         self.add_flops(2 * 2 * q[0] * q[1] * k[1] * q[2]);
+        self.seen(vec![q[0], q[1], k[1]]);
         Ok(q.clone())
     }
     fn sinusoidal_embedding(&self, s: &Vec<usize>, dim: usize) -> Result<Vec<usize>> {
         Ok(vec![s[0], dim])
     }
     fn concat_cols(&self, a: &Vec<usize>, b: &Vec<usize>) -> Result<Vec<usize>> {
-        Ok(vec![a[0], a[1] + b[1]])
+        Ok(self.seen(vec![a[0], a[1] + b[1]]))
     }
     fn dropout(&self, x: &Vec<usize>, _: f32, _: u32) -> Result<Vec<usize>> {
         Ok(x.clone())
     }
     fn constant(&self, shape: &[usize], _: &[f32]) -> Result<Vec<usize>> {
-        Ok(shape.to_vec())
+        Ok(self.seen(shape.to_vec()))
     }
     fn softplus(&self, x: &Vec<usize>, _: f32) -> Result<Vec<usize>> {
         Ok(x.clone())
