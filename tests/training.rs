@@ -731,16 +731,18 @@ fn only_changes(
     assert_eq!(t, *base, "{what}: otherwise the config it is based on");
 }
 
+/// A shipped run config, `configs/<name>`, read and validated.
+fn read(name: &str) -> RunConfig {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("configs")
+        .join(name);
+    RunConfig::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
 /// The shipped MNIST run configs parse and validate, and the score baseline has the prox run's
 /// network (but for the prox-only skip) and budget.
 #[test]
 fn shipped_run_configs_are_valid() {
-    let read = |name: &str| {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("configs")
-            .join(name);
-        RunConfig::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"))
-    };
     let (prox, score) = (read("mnist-small.toml"), read("mnist-small-score.toml"));
     assert_eq!(prox.unet.skip, proxdm::models::Skip::Gaussian);
     let bare = UNetConfig {
@@ -1011,12 +1013,6 @@ fn shipped_run_configs_are_valid() {
 /// configs/mnist/*.py, checked step by step against its schedule's arithmetic written out).
 #[test]
 fn reference_presets_are_the_reference_configs() {
-    let read = |name: &str| {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("configs")
-            .join(name);
-        RunConfig::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"))
-    };
     let hybrid = read("mnist-reference.toml");
     let backward = read("mnist-reference-backward.toml");
     let score = read("mnist-reference-score.toml");
