@@ -700,6 +700,26 @@ fn micro_batch_fits_the_storage_binding() {
         err.contains("256.0 MiB") && err.contains("128.0 MiB"),
         "{err}"
     );
+    // The line `train` prints names each cause that applied, and only those.
+    use proxdm::diffusion::train::micro_batch_reason as why;
+    let config = "in the config";
+    let binding =
+        "170 images' largest tensors fit this adapter's largest storage binding (128.0 MiB)";
+    let evened = "evened out";
+    let cases = [
+        (Some(100), 86, [true, false, true]),
+        (Some(128), 128, [true, false, false]),
+        (Some(300), 128, [true, true, true]),
+        (None, 128, [false, true, true]),
+    ];
+    for (requested, micro, [c, b, e]) in cases {
+        let s = why(requested, 170, micro, 128 * MIB);
+        assert_eq!(s.contains(config), c, "{requested:?}: {s}");
+        assert_eq!(s.contains(binding), b, "{requested:?}: {s}");
+        assert_eq!(s.contains(evened), e, "{requested:?}: {s}");
+    }
+    assert!(why(Some(100), 170, 86, 128 * MIB).starts_with("micro_batch = 100 in the config"));
+    assert!(why(Some(300), 170, 128, 128 * MIB).contains("micro_batch = 300 in the config"));
     let mut cfg = tiny(ModelKind::Score, TrainConfig::default());
     cfg.train.micro_batch = Some(0);
     assert!(

@@ -41,7 +41,9 @@ pub struct EvalArgs {
     /// Seed of the samples' noise (the same for every sampler and step count).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Images per GPU batch.
+    /// Images per GPU batch (each batch's noise is seeded by --seed plus its first image's
+    /// index). Lowered, with a message, when a batch's largest tensor would exceed the
+    /// adapter's largest storage binding.
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
     /// Write the table as CSV here.

@@ -44,7 +44,9 @@ pub struct SampleArgs {
     /// Also write the images as float32 .npy (N, C, H, W), values in [-1, 1].
     #[arg(long)]
     pub npy: Option<PathBuf>,
-    /// Images per GPU batch.
+    /// Images per GPU batch (each batch's noise is seeded by --seed plus its first image's
+    /// index). Lowered, with a message, when a batch's largest tensor would exceed the
+    /// adapter's largest storage binding.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Image side in pixels (the UNet runs at any multiple of 2^(levels−1); MNIST models were
@@ -177,11 +179,32 @@ pub fn draw_images(
     let net = Network { model, params };
     let sde = model.config.sde;
     let shape = [model.config.unet.in_ch, size, size];
+    let batch = fitted_batch(engine, batch, model.largest_tensor(size)?)?;
     in_batches(engine, shape, n, seed, batch, |x, s| match sampler {
         ToySampler::Prox(k) => sample_prox(&net, &sde, k, steps, x, s),
         ToySampler::Score(k) => sample_score(&net, &sde, k, steps, x, s),
         ToySampler::Tweedie(k) => sample_prox(&Tweedie { score: &net, sde }, &sde, k, steps, x, s),
     })
+}
+
+/// `batch`, lowered (and evened out, as `train` does) to what the adapter holds when a batch's
+/// largest tensor, `elems_per_image` f32s per image, would exceed its largest storage binding;
+/// says so on stderr, since the images are then those of the lower `--batch`.
+pub fn fitted_batch(engine: &Engine, batch: usize, elems_per_image: usize) -> Result<usize> {
+    let max = engine.max_binding();
+    let b = crate::diffusion::train::micro_batch(batch, None, 4 * elems_per_image as u64, max)?;
+    if b < batch {
+        eprintln!(
+            "--batch {batch} lowered to {b}: {}; the images are those --batch {b} gives",
+            crate::diffusion::train::micro_batch_reason(
+                None,
+                (max / (4 * elems_per_image as u64)) as usize,
+                b,
+                max
+            )
+        );
+    }
+    Ok(b)
 }
 
 /// Runs `sample` on `n` initial noises of `shape` (C, H, W), `batch` at a time; a batch's
@@ -247,7 +270,8 @@ fn draw_lpn(engine: &Engine, args: &SampleArgs) -> Result<([usize; 4], Vec<f32>)
     };
     let sde = crate::models::SdeConfig::default();
     let shape = [c.in_ch, c.size, c.size];
-    let out = in_batches(engine, shape, args.n, args.seed, args.batch, |x, s| {
+    let batch = fitted_batch(engine, args.batch, lpn.largest_tensor()?)?;
+    let out = in_batches(engine, shape, args.n, args.seed, batch, |x, s| {
         sample_prox(&net, &sde, kind, args.steps, x, s)
     })?;
     Ok(([args.n, c.in_ch, c.size, c.size], out))

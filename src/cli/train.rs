@@ -161,17 +161,12 @@ pub fn run(engine: &Engine, args: &TrainArgs) -> Result<String> {
     );
     let batch = tr.cfg.train.batch;
     if tr.micro < batch {
-        let why = if tr.cfg.train.micro_batch.is_some_and(|m| m <= tr.micro) {
-            "micro_batch in the config".to_string()
-        } else {
-            let l = engine.limits();
-            format!(
-                "the most whose largest tensor fits this adapter's largest storage binding, {}",
-                crate::engine::adapter::human_bytes(
-                    l.max_storage_buffer_binding_size.min(l.max_buffer_size)
-                )
-            )
-        };
+        let why = crate::diffusion::train::micro_batch_reason(
+            tr.cfg.train.micro_batch,
+            tr.binding_fit,
+            tr.micro,
+            engine.max_binding(),
+        );
         eprintln!(
             "[train] each step's {batch} images go through in {} micro-batches of at most {} ({why}); \
              their gradients are summed before the update",

@@ -398,6 +398,30 @@ pub fn micro_batch(
     Ok(batch.div_ceil(batch.div_ceil(most)))
 }
 
+/// Why a step's batch goes through in micro-batches of `micro` images: the config's
+/// `requested` size, the `fit` images a storage binding of `max_binding` bytes holds, and the
+/// evening out of the parts, each named when it applied.
+pub fn micro_batch_reason(
+    requested: Option<usize>,
+    fit: usize,
+    micro: usize,
+    max_binding: u64,
+) -> String {
+    let binding = format!(
+        "{fit} images' largest tensors fit this adapter's largest storage binding ({})",
+        crate::engine::adapter::human_bytes(max_binding)
+    );
+    let mut why = match requested {
+        Some(m) if m <= fit => format!("micro_batch = {m} in the config"),
+        Some(m) => format!("micro_batch = {m} in the config, but only {binding}"),
+        None => format!("only {binding}"),
+    };
+    if micro < requested.unwrap_or(usize::MAX).min(fit) {
+        why.push_str(", evened out over the parts");
+    }
+    why
+}
+
 /// A model being trained: weights, optimiser (with the EMA), data, and the step count.
 pub struct Trainer<'d> {
     pub cfg: RunConfig,
@@ -412,6 +436,8 @@ pub struct Trainer<'d> {
     pub init: Option<String>,
     /// Images per forward and backward pass (see [`TrainConfig::micro_batch`]).
     pub micro: usize,
+    /// Images whose largest tensors fit the adapter's largest storage binding.
+    pub binding_fit: usize,
 }
 
 /// Metadata keys of a checkpoint.
@@ -425,10 +451,7 @@ impl<'d> Trainer<'d> {
         cfg.validate()?;
         check_data(&cfg, data)?;
         let (model, pb) = Net::build(&cfg, cfg.train.seed)?;
-        let limits = engine.limits();
-        let max_binding = limits
-            .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size);
+        let max_binding = engine.max_binding();
         let per_image = 4 * model.largest_tensor(data.shape[2])? as u64;
         let micro = micro_batch(
             cfg.train.batch,
@@ -436,6 +459,7 @@ impl<'d> Trainer<'d> {
             per_image,
             max_binding,
         )?;
+        let binding_fit = (max_binding / per_image.max(1)) as usize;
         let store = pb.finish(engine)?;
         let mut opt = Optimizer::new(&store, adamw(&cfg), Some(cfg.train.ema_decay))?;
         if let Net::Lpn(l) = &model {
@@ -451,6 +475,7 @@ impl<'d> Trainer<'d> {
             perm: (usize::MAX, vec![]),
             init: None,
             micro,
+            binding_fit,
         })
     }
 

@@ -179,6 +179,13 @@ impl Engine {
         &self.inner.limits
     }
 
+    /// Bytes of the largest tensor this adapter can hold: its largest storage binding (or
+    /// buffer, when smaller).
+    pub fn max_binding(&self) -> u64 {
+        let l = &self.inner.limits;
+        l.max_storage_buffer_binding_size.min(l.max_buffer_size)
+    }
+
     /// Optional features enabled on the device (subgroups, shader-f16 when present).
     pub fn features(&self) -> wgpu::Features {
         self.inner.features
@@ -228,8 +235,7 @@ impl Engine {
 
     /// A buffer of at least `bytes`, from the pool when one is free.
     pub(crate) fn alloc(&self, bytes: u64, for_upload: bool) -> Result<(wgpu::Buffer, u64)> {
-        let max = self.inner.limits.max_storage_buffer_binding_size;
-        let max = max.min(self.inner.limits.max_buffer_size);
+        let max = self.max_binding();
         if bytes > max {
             return Err(Error::Gpu(format!(
                 "a tensor of {} exceeds this adapter's largest storage binding ({}); use a smaller batch",
