@@ -125,6 +125,16 @@ fn schedule_is_the_references() {
     }
     cool.train.cooldown = 101;
     assert!(cool.validate().is_err(), "a cool-down longer than the run");
+    // Rao–Blackwellisation is a prox objective's: a score model's target is not noisy.
+    let mut rb = cfg.clone();
+    rb.train.rao_blackwell = true;
+    rb.validate().unwrap();
+    rb.kind = ModelKind::Score;
+    let msg = rb.validate().unwrap_err().to_string();
+    assert!(
+        msg.contains("rao_blackwell applies to prox training only"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -423,14 +433,26 @@ fn a_training_step_matches_the_cpu_reference() {
     let x0 = data.gather(&draws.idx);
     let mut y = vec![0.0f64; b * m];
     let mut z2 = vec![0.0f64; b * m];
+    // With `rao_blackwell`: E[z₂ | x₀, y] and the variance left, from the bivariate Gaussian
+    // (√(1 − α)·z₁ + √λ·z₂, z₂): Cov / Var = √λ/(1 − α + λ), 1 − λ/(1 − α + λ).
+    let mut z2_mean = vec![0.0f64; b * m];
+    let var: Vec<f64> = (0..b)
+        .map(|r| 1.0 - draws.lambda[r] / (1.0 - sde.alpha(draws.t[r]) + draws.lambda[r]))
+        .collect();
     for i in 0..b * m {
         let r = i / m;
         let (t, lam) = (draws.t[r], draws.lambda[r]);
         let z1 = noise::cpu::gaussian(5, 1, i as u32);
         z2[i] = noise::cpu::gaussian(5, 2, i as u32);
+        let noise = (1.0 - sde.alpha(t)).sqrt() * z1 + lam.sqrt() * z2[i];
         let xt = sde.alpha(t).sqrt() * x0[i] as f64 + (1.0 - sde.alpha(t)).sqrt() * z1;
         y[i] = xt + lam.sqrt() * z2[i];
+        z2_mean[i] = lam.sqrt() / (1.0 - sde.alpha(t) + lam) * noise;
     }
+    assert!(
+        var.iter().all(|&v| v > 0.05),
+        "the draws leave z₂ uncertain"
+    );
     // The bare UNet on the CPU; the Gaussian skip √λ/(v_t + λ)·y, v_t = 1 − α(t)(1 − ¼), added
     // below from its definition.
     let mut bare = cfg.model();
@@ -457,7 +479,7 @@ fn a_training_step_matches_the_cpu_reference() {
             .collect()
     };
     let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
-    let cpu_loss = |params: &[Vec<f32>], bump: Option<(usize, usize, f64)>| -> f64 {
+    let cpu_g = |params: &[Vec<f32>], bump: Option<(usize, usize, f64)>| -> Vec<f64> {
         let mut hp = host(params);
         if let Some((i, j, h)) = bump {
             hp[i].data[j] += h;
@@ -471,9 +493,30 @@ fn a_training_step_matches_the_cpu_reference() {
                 Some(&f32s(&draws.lambda)),
             )
             .unwrap();
-        let g: Vec<f64> = g.data.iter().zip(&skip).map(|(a, s)| a + s).collect();
-        loss::cpu::loss(Loss::ProxMatch { zeta: 1.0 }, &g, &z2, b)
+        g.data.iter().zip(&skip).map(|(a, s)| a + s).collect()
     };
+    let pm = Loss::ProxMatch { zeta: 1.0 };
+    let cpu_loss = |params: &[Vec<f32>], bump: Option<(usize, usize, f64)>| -> f64 {
+        loss::cpu::loss(pm, &cpu_g(params, bump), &z2, b)
+    };
+
+    // The same step with `rao_blackwell`: the loss is the expected one against E[z₂ | x₀, y].
+    let mut rb_cfg = cfg.clone();
+    rb_cfg.train.rao_blackwell = true;
+    let mut rb = Trainer::new(&e, rb_cfg, &data).unwrap();
+    for (i, t) in theta0.iter().enumerate() {
+        let shape = rb.store.tensors()[i].shape().to_vec();
+        rb.store
+            .set(i, proxdm::Tensor::from_slice(&e, &shape, t).unwrap())
+            .unwrap();
+    }
+    let got = rb.loss_and_grads(0).unwrap().0.to_vec().unwrap()[0] as f64;
+    let want = loss::cpu::expected_loss(pm, &cpu_g(&theta0, None), &z2_mean, &var, b);
+    assert!(
+        (got - want).abs() < 1e-4 * want.abs(),
+        "Rao–Blackwellised loss: GPU {got}, CPU {want}, plain {}",
+        cpu_loss(&theta0, None)
+    );
     let (gpu_loss, grads) = tr.loss_and_grads(0).unwrap();
     let want = cpu_loss(&theta0, None);
     let got = gpu_loss.to_vec().unwrap()[0] as f64;
@@ -1006,6 +1049,13 @@ fn shipped_run_configs_are_valid() {
     assert_eq!(2.0 * t.pm_lr, p15.pm_lr);
     only_changes(t, p15, &mut prox_seeds, "stage 18", |t, p| {
         t.pm_lr = p.pm_lr
+    });
+    // The nineteenth: the eighteenth with the loss Rao–Blackwellised, with a new seed.
+    let prox19 = read("mnist-small-stage19.toml");
+    same_without_dropout(&prox19, &prox);
+    assert!(prox19.train.rao_blackwell && !t.rao_blackwell);
+    only_changes(&prox19.train, t, &mut prox_seeds, "stage 19", |t, p| {
+        t.rao_blackwell = p.rao_blackwell
     });
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");

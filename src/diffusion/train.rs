@@ -64,6 +64,12 @@ pub struct TrainConfig {
     pub zeta_stages: usize,
     pub l1_lr: f32,
     pub pm_lr: f32,
+    /// Prox only: compare g with E[z₂ | x₀, y] = √λ/(1 − α + λ)·(y − √α·x₀) instead of z₂, and
+    /// average the loss in closed form over the rest of z₂, Gaussian of variance
+    /// (1 − α)/(1 − α + λ) per pixel (`ops::loss::expected_loss`). The expected loss and its
+    /// gradient are the paper's; the gradient's noise from the part of z₂ that no network
+    /// can predict (the split of y − √α·x₀ between z₁ and z₂) is gone (Rao–Blackwellisation).
+    pub rao_blackwell: bool,
     /// Score only: learning rate.
     pub lr: f32,
     /// Steps over which the learning rate (of any kind of run) rises linearly from 0; useful
@@ -106,6 +112,7 @@ impl Default for TrainConfig {
             zeta_stages: 2,
             l1_lr: 1e-4,
             pm_lr: 1e-5,
+            rao_blackwell: false,
             lr: 2e-4,
             warmup: 0,
             cooldown: 0,
@@ -201,6 +208,12 @@ impl RunConfig {
             if !(t.sigma > 0.0 && hi >= t.sigma && hi.is_finite()) {
                 return bad("an LPN denoiser needs 0 < sigma ≤ sigma_max");
             }
+        }
+        if t.rao_blackwell && !self.trains_prox() {
+            return bad(
+                "rao_blackwell applies to prox training only (a score model's ε and an LPN \
+                 denoiser's clean image are already fixed by the example)",
+            );
         }
         if self.kind != ModelKind::Score {
             if t.l1_iters > t.iters {
@@ -570,6 +583,11 @@ impl<'d> Trainer<'d> {
         }
     }
 
+    /// Whether the loss compares g with E[z₂ | x₀, y] (`TrainConfig::rao_blackwell`).
+    fn rao_blackwell(&self) -> bool {
+        self.cfg.train.rao_blackwell && self.cfg.trains_prox()
+    }
+
     /// The host-side draws of step `it` (0-based): image indices, t and λ per example (λ = 0
     /// for a score model; t = 0 and λ = σ² for an LPN denoiser, whose y = x + σz is the prox
     /// problem at t = 0). The Gaussian noise is Philox: z₁ on stream 3·it + 1, z₂ on 3·it + 2,
@@ -680,11 +698,35 @@ impl<'d> Trainer<'d> {
             ModelKind::Prox | ModelKind::Lpn => {
                 let z2 = randn(stream.wrapping_add(2))?;
                 let sl = col(lambda.iter().map(|&l| l.sqrt() as f32).collect())?;
-                let y = elementwise::add(&xt, &elementwise::mul(&z2, &sl)?)?;
-                (y, z2, true)
+                let z2l = elementwise::mul(&z2, &sl)?;
+                let y = elementwise::add(&xt, &z2l)?;
+                let target = if self.rao_blackwell() {
+                    // E[z₂ | x₀, y] = √λ/(1 − α + λ)·(√(1 − α)·z₁ + √λ·z₂).
+                    let n = elementwise::add(&elementwise::mul(&z1, &sb)?, &z2l)?;
+                    let c = col(ts
+                        .iter()
+                        .zip(lambda)
+                        .map(|(&t, &l)| (l.sqrt() / (1.0 - sde.alpha(t) + l)) as f32)
+                        .collect())?;
+                    elementwise::mul(&n, &c)?
+                } else {
+                    z2
+                };
+                (y, target, true)
             }
             ModelKind::Score => (xt, z1, false),
         };
+        // The variance of z₂ given x₀ and y, per image: (1 − α)/(1 − α + λ).
+        let target_var = self
+            .rao_blackwell()
+            .then(|| {
+                let v = ts.iter().zip(lambda).map(|(&t, &l)| {
+                    let s = 1.0 - sde.alpha(t);
+                    (s / (s + l)) as f32
+                });
+                Tensor::from_slice(&e, &[b], &v.collect::<Vec<_>>())
+            })
+            .transpose()?;
         let g = Graph::new(&e);
         let p = self.store.vars(&g);
         let (out, target) = if let Net::Lpn(lpn) = &self.model {
@@ -714,7 +756,7 @@ impl<'d> Trainer<'d> {
             let out = model.eps(&be, &p, &g.constant(input), &t32, lam)?;
             (out, target)
         };
-        let loss = g.loss(kind, &out, &g.constant(target))?;
+        let loss = g.expected_loss(kind, &out, &g.constant(target), target_var.as_ref())?;
         let refs: Vec<_> = p.iter().collect();
         let grads = g
             .backward(&loss, &refs, false)?

@@ -529,7 +529,19 @@ impl Graph {
 
     /// Scalar loss (shape [1]) of `pred` against `target` (batch-first).
     pub fn loss(&self, kind: Loss, pred: &Var, target: &Var) -> Result<Var> {
-        let (t, saved) = loss::loss(kind, pred.tensor(), target.tensor())?;
+        self.expected_loss(kind, pred, target, None)
+    }
+
+    /// [`Graph::loss`] averaged over Gaussian noise of variance `var` (B) added to the target,
+    /// in closed form ([`loss::expected_loss`]).
+    pub fn expected_loss(
+        &self,
+        kind: Loss,
+        pred: &Var,
+        target: &Var,
+        var: Option<&Tensor>,
+    ) -> Result<Var> {
+        let (t, saved) = loss::expected_loss(kind, pred.tensor(), target.tensor(), var)?;
         Ok(self.record(
             "loss",
             t,

@@ -207,7 +207,7 @@ mod tests {
         let m = 20_000;
         let mut s: Vec<f64> = z.iter().step_by(n / m).copied().collect();
         s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let phi = |x: f64| 0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2));
+        let phi = |x: f64| 0.5 * (1.0 + crate::ops::loss::cpu::erf(x / std::f64::consts::SQRT_2));
         let d = s
             .iter()
             .enumerate()
@@ -219,17 +219,5 @@ mod tests {
             })
             .fold(0.0, f64::max);
         assert!(d < 1.63 / (s.len() as f64).sqrt(), "KS statistic {d}");
-    }
-
-    /// Abramowitz–Stegun 7.1.26 (|error| < 1.5e-7), enough for a KS test.
-    fn erf(x: f64) -> f64 {
-        let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
-        let y = 1.0
-            - (((((1.061_405_429 * t - 1.453_152_027) * t) + 1.421_413_741) * t - 0.284_496_736)
-                * t
-                + 0.254_829_592)
-                * t
-                * (-x * x).exp();
-        if x >= 0.0 { y } else { -y }
     }
 }
