@@ -674,8 +674,12 @@ fn classifier_and_eval_end_to_end() {
         let num = |i: usize| -> f64 { r[i].parse().unwrap() };
         assert_eq!((r[1].as_str(), num(3)), (name, t), "{r:?}");
         assert!(num(4) > 0.0 && num(5) > 0.0 && num(6).is_finite(), "{r:?}");
-        // L1 ≤ √MSE (Jensen).
+        // L1 ≤ √MSE (Jensen); the MSE given x₀ and v are parts of it.
         assert!(num(5) <= num(6).sqrt() + 1e-6, "{r:?}");
+        assert!(
+            num(7) >= 0.0 && num(8) >= 0.0 && num(7) + num(8) < 1.5 * num(6),
+            "{r:?}"
+        );
     }
     let (ok, out) = denoise(&["--plot", png.to_str().unwrap()]);
     assert!(!ok && out.contains("--denoise"), "{out}");

@@ -339,6 +339,15 @@ fn denoising_error_of_the_exact_gaussian_prox_matches_its_closed_form() {
         // 16384 values: relative standard error ≈ 1.1 % for the MSE, 0.8 % for L1.
         assert!((r.mse / mse - 1.0).abs() < 0.04, "{r:?}: MSE vs {mse}");
         assert!((r.l1 / l1 - 1.0).abs() < 0.04, "{r:?}: L1 vs {l1}");
+        // Given x₀ as well, z keeps variance (1 − α)/(1 − α + λ), independent of ĝ: the MSE
+        // splits into that and the error against E[z | x₀, y].
+        let w = (1.0 - a) / (1.0 - a + r.lambda);
+        assert!((r.unpredictable - w).abs() < 1e-12, "{r:?}");
+        assert!(
+            (r.mse_given_x0 - (mse - w)).abs() < 0.04 * mse,
+            "{r:?}: MSE given x₀ vs {}",
+            mse - w
+        );
         // The same noise: the two oracles agree far closer than the sampling error.
         assert!((q.mse - r.mse).abs() < 1e-3 * r.mse, "{q:?} vs {r:?}");
     }

@@ -209,10 +209,13 @@ fn run_denoise(engine: &Engine, args: &EvalArgs) -> Result<String> {
     let mut table = format!(
         "Denoising error at the prox calls of the hybrid sampler: y = x_t + √λ·z on {k} MNIST \
          test images (seed {}); a prox network's g(y, t, λ), or a score network's Tweedie \
-         (MMSE) estimate, against z. L1 = mean |ĝ − z|, MSE = mean (ĝ − z)².\n\n{:<28} {:<14} {:>5} {:>7} {:>9} {:>8} {:>8}\n",
-        args.seed, "weights", "denoiser", "steps", "t", "λ", "L1", "MSE"
+         (MMSE) estimate, against z. L1 = mean |ĝ − z|, MSE = mean (ĝ − z)²; MSE|x₀ = mean \
+         (ĝ − E[z | x₀, y])², the part a better network could remove, and v = (1 − α)/(1 − α \
+         + λ), the part none can (MSE ≈ MSE|x₀ + v).\n\n{:<28} {:<14} {:>5} {:>7} {:>9} {:>8} \
+         {:>8} {:>8} {:>8}\n",
+        args.seed, "weights", "denoiser", "steps", "t", "λ", "L1", "MSE", "MSE|x₀", "v"
     );
-    let mut csv = String::from("weights,denoiser,steps,t,lambda,l1,mse\n");
+    let mut csv = String::from("weights,denoiser,steps,t,lambda,l1,mse,mse_given_x0,v\n");
     for wpath in &args.weights {
         let (model, params) = crate::io::weights::load(wpath, engine, None)?;
         let wname = wpath
@@ -243,13 +246,14 @@ fn run_denoise(engine: &Engine, args: &EvalArgs) -> Result<String> {
             for r in denoise::errors(oracle, &sde, &x0, &points, args.seed, args.batch)? {
                 let _ = writeln!(
                     table,
-                    "{wname:<28} {name:<14} {steps:>5} {:>7.4} {:>9.5} {:>8.4} {:>8.4}",
-                    r.t, r.lambda, r.l1, r.mse
+                    "{wname:<28} {name:<14} {steps:>5} {:>7.4} {:>9.5} {:>8.4} {:>8.4} {:>8.4} \
+                     {:>8.4}",
+                    r.t, r.lambda, r.l1, r.mse, r.mse_given_x0, r.unpredictable
                 );
                 let _ = writeln!(
                     csv,
-                    "{wname},{name},{steps},{:.6},{:.6},{:.6},{:.6}",
-                    r.t, r.lambda, r.l1, r.mse
+                    "{wname},{name},{steps},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6}",
+                    r.t, r.lambda, r.l1, r.mse, r.mse_given_x0, r.unpredictable
                 );
             }
         }

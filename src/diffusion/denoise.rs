@@ -19,6 +19,12 @@ pub struct DenoiseError {
     pub l1: f64,
     /// mean (ĝ − z)² (what proximal matching's 1 − exp(−·/ζ²) is taken of, per image).
     pub mse: f64,
+    /// mean (ĝ − E[z | x₀, y])², E[z | x₀, y] = √λ/(1 − α + λ)·(y − √α·x₀): the part of the
+    /// MSE a better network could remove (what `rao_blackwell` training compares with).
+    pub mse_given_x0: f64,
+    /// (1 − α)/(1 − α + λ), the variance of z given x₀ and y per value: the part of the MSE no
+    /// network can remove (the expected MSE is `mse_given_x0` + this).
+    pub unpredictable: f64,
 }
 
 /// Measures `oracle` at each of `points` — (t, λ) pairs, e.g. the hybrid sampler's
@@ -55,11 +61,16 @@ pub fn errors(
     let e = x0.engine();
     let mut out: Vec<DenoiseError> = points
         .iter()
-        .map(|&(t, lambda)| DenoiseError {
-            t,
-            lambda,
-            l1: 0.0,
-            mse: 0.0,
+        .map(|&(t, lambda)| {
+            let s = 1.0 - sde.alpha(t);
+            DenoiseError {
+                t,
+                lambda,
+                l1: 0.0,
+                mse: 0.0,
+                mse_given_x0: 0.0,
+                unpredictable: s / (s + lambda),
+            }
         })
         .collect();
     let mut done = 0;
@@ -84,10 +95,14 @@ pub fn errors(
                     r.lambda as f32,
                 )?
                 .to_vec()?;
+            let c = sl / (1.0 - a + r.lambda);
             for i in 0..x.len() {
-                let err = (y[i] as f64 - d[i] as f64) / sl - z2[i] as f64;
+                let g = (y[i] as f64 - d[i] as f64) / sl;
+                let err = g - z2[i] as f64;
                 r.l1 += err.abs();
                 r.mse += err * err;
+                let mean = c * (sn * z1[i] as f64 + sl * z2[i] as f64);
+                r.mse_given_x0 += (g - mean).powi(2);
             }
         }
         done += b;
@@ -96,6 +111,7 @@ pub fn errors(
     for r in &mut out {
         r.l1 /= count;
         r.mse /= count;
+        r.mse_given_x0 /= count;
     }
     Ok(out)
 }
