@@ -704,6 +704,53 @@ fn classifier_and_eval_end_to_end() {
     assert!(ok && grid.exists(), "{out}");
     let (ok, out) = tweedie(&w);
     assert!(!ok && out.contains("needs score weights"), "{out}");
+    // `eval --from-data`: the last K of N steps from noised training images, per sampler and
+    // K (K above N skipped); K = 0 and --plot are refused before any work.
+    let fcsv = dir.join("from-data.csv");
+    let from = |extra: &[&str]| {
+        let mut a = vec![
+            "eval",
+            "--weights",
+            &both,
+            "--samplers",
+            "prox-hybrid,score-ode",
+            "--classifier",
+            clf.to_str().unwrap(),
+            "--data",
+            d,
+            "--steps",
+            "2",
+            "--n",
+            "8",
+            "--batch",
+            "4",
+        ];
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    let (ok, out) = from(&["--from-data", "1,2,3", "--out", fcsv.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let keys: Vec<String> = std::fs::read_to_string(&fcsv)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').take(3).collect::<Vec<_>>().join(","))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "mnist-train,real images,—",
+            "tiny-prox,prox-hybrid,1/2",
+            "tiny-prox,prox-hybrid,2/2",
+            "tiny-score,score-ode,1/2",
+            "tiny-score,score-ode,2/2"
+        ],
+        "{out}"
+    );
+    let (ok, out) = from(&["--from-data", "0,1"]);
+    assert!(!ok && out.contains("--from-data 0"), "{out}");
+    let (ok, out) = from(&["--from-data", "1", "--plot", png.to_str().unwrap()]);
+    assert!(!ok && out.contains("--from-data"), "{out}");
 }
 
 /// PROXDM_TUNE: `on` measures and writes the cache file under PROXDM_CACHE_DIR, `off` writes

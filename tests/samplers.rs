@@ -362,3 +362,192 @@ fn denoising_error_of_the_exact_gaussian_prox_matches_its_closed_form() {
     assert!((none[0].mse - 1.0).abs() < 0.04, "{:?}", none[0]);
     assert!(denoise::errors(&g, &sde, &x0, &[(0.5, 0.0)], 5, 10).is_err());
 }
+
+/// Wraps an oracle and records, for every call, the x a tail would start from: a score
+/// sampler's input (its x at the start of the step), a prox sampler's output (its x after it).
+struct Recorder<'a> {
+    inner: &'a Gaussian,
+    seen: std::cell::RefCell<Vec<Tensor>>,
+}
+
+impl ScoreOracle for Recorder<'_> {
+    fn score(&self, x: &Tensor, t: f32) -> proxdm::Result<Tensor> {
+        self.seen.borrow_mut().push(x.clone());
+        self.inner.score(x, t)
+    }
+}
+
+impl ProxOracle for Recorder<'_> {
+    fn prox(&self, y: &Tensor, t: f32, lambda: f32) -> proxdm::Result<Tensor> {
+        let u = self.inner.prox(y, t, lambda)?;
+        self.seen.borrow_mut().push(u.clone());
+        Ok(u)
+    }
+}
+
+/// The last K steps from the full run's own x where they begin reproduce the full run's result
+/// bit for bit (the same steps, the same noise draws), for every sampler and every K.
+#[test]
+fn a_tail_from_the_full_runs_own_state_finishes_that_run() {
+    let e = engine();
+    let g = target(&e);
+    let sde = Sde::default();
+    let n = 6;
+    let steps = 5;
+    let x_t = || initial_noise(&e, &[3, 2], 11).unwrap();
+    for kind in [ProxSampler::Hybrid, ProxSampler::Backward] {
+        let steps = if kind == ProxSampler::Backward {
+            10
+        } else {
+            steps
+        };
+        let rec = Recorder {
+            inner: &g,
+            seen: Default::default(),
+        };
+        let full = sample_prox(&rec, &sde, kind, steps, x_t(), 11).unwrap();
+        let outs = rec.seen.take();
+        assert_eq!(outs.len(), steps);
+        for last in 1..=steps {
+            let start = if last == steps {
+                x_t()
+            } else {
+                outs[steps - last - 1].clone()
+            };
+            let tail = sample_prox_tail(&g, &sde, kind, steps, last, start, 11).unwrap();
+            assert_eq!(
+                tail.to_vec().unwrap(),
+                full.to_vec().unwrap(),
+                "{kind:?}, last {last}"
+            );
+        }
+    }
+    for kind in [
+        ScoreSampler::EulerMaruyama {
+            eps_t: 1e-3,
+            last_noise: true,
+        },
+        ScoreSampler::EulerMaruyamaDenoise { eps_t: 1e-3 },
+        ScoreSampler::ProbabilityFlow { eps_t: 1e-3 },
+    ] {
+        let rec = Recorder {
+            inner: &g,
+            seen: Default::default(),
+        };
+        let full = sample_score(&rec, &sde, kind, n, x_t(), 11).unwrap();
+        let ins = rec.seen.take();
+        assert_eq!(ins.len(), n);
+        for last in 1..=n {
+            let tail =
+                sample_score_tail(&g, &sde, kind, n, last, ins[n - last].clone(), 11).unwrap();
+            assert_eq!(
+                tail.to_vec().unwrap(),
+                full.to_vec().unwrap(),
+                "{kind:?}, last {last}"
+            );
+        }
+    }
+}
+
+/// Where tails begin: the grid point K/N of the ProxDM grid, and of each score grid; a tail of
+/// 0 or of more steps than the grid has is refused.
+#[test]
+fn tails_begin_on_the_grid_and_refuse_impossible_lengths() {
+    assert_eq!(prox_tail_start(10, 10).unwrap(), 1.0);
+    assert!((prox_tail_start(10, 3).unwrap() - 0.3).abs() < 1e-12);
+    let em = ScoreSampler::EulerMaruyama {
+        eps_t: 1e-3,
+        last_noise: false,
+    };
+    let ode = ScoreSampler::ProbabilityFlow { eps_t: 1e-3 };
+    // EM: linspace(ε, 1, N + 1); the last K steps start at its K-th point.
+    assert_eq!(score_tail_start(em, 4, 4).unwrap(), 1.0);
+    assert!((score_tail_start(em, 4, 1).unwrap() - (1e-3 + 0.999 / 4.0)).abs() < 1e-12);
+    // The denoising grid linspace(1, ε, N): the last step starts at ε, the last two at the
+    // point before it.
+    assert_eq!(score_tail_start(ode, 5, 5).unwrap(), 1.0);
+    assert!((score_tail_start(ode, 5, 1).unwrap() - 1e-3).abs() < 1e-12);
+    assert!((score_tail_start(ode, 5, 2).unwrap() - (1.0 - 3.0 * 0.999 / 4.0)).abs() < 1e-12);
+    for (steps, last) in [(10, 0), (10, 11), (0, 0)] {
+        let err = prox_tail_start(steps, last).unwrap_err().to_string();
+        assert!(err.contains("step"), "{err}");
+        assert!(score_tail_start(em, steps, last).is_err());
+    }
+}
+
+/// Started from exact draws of p_t (target draws noised by `forward_noise`), a tail with
+/// many steps lands on the target's moments: the start time and the noising agree with the
+/// SDE. Also the forward noising's own moments, against the closed form.
+#[test]
+fn tails_from_forward_noised_target_draws_reach_the_target() {
+    let e = engine();
+    let g = target(&e);
+    let sde = Sde::default();
+    let n = 20_000;
+    // Exact target draws: mean + STD·z, z from a stream the samplers do not use.
+    let z = proxdm::ops::noise::randn(&e, &[n, 2], 99, 1000)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let x0: Vec<f32> = z
+        .iter()
+        .enumerate()
+        .map(|(i, &z)| MEAN[i % 2] + STD as f32 * z)
+        .collect();
+    let x0 = Tensor::from_slice(&e, &[n, 2], &x0).unwrap();
+    let t = 0.4;
+    let a = sde.alpha(t);
+    let (m, v) = moments(&forward_noise(&sde, &x0, t, 5).unwrap());
+    for d in 0..2 {
+        let (mw, vw) = (a.sqrt() * MEAN[d] as f64, a * STD * STD + 1.0 - a);
+        assert!(
+            (m[d] - mw).abs() < 0.02,
+            "noised mean[{d}] {} vs {mw}",
+            m[d]
+        );
+        assert!((v[d] - vw).abs() < 0.03, "noised var[{d}] {} vs {vw}", v[d]);
+    }
+    let steps = 200;
+    let last = 80; // starts at t = 0.4
+    let start = prox_tail_start(steps, last).unwrap();
+    assert!((start - t).abs() < 1e-12);
+    let x = sample_prox_tail(
+        &g,
+        &sde,
+        ProxSampler::Hybrid,
+        steps,
+        last,
+        forward_noise(&sde, &x0, start, 5).unwrap(),
+        5,
+    )
+    .unwrap();
+    let ode = ScoreSampler::ProbabilityFlow { eps_t: 1e-3 };
+    let s_start = score_tail_start(ode, steps, last).unwrap();
+    let y = sample_score_tail(
+        &g,
+        &sde,
+        ode,
+        steps,
+        last,
+        forward_noise(&sde, &x0, s_start, 6).unwrap(),
+        6,
+    )
+    .unwrap();
+    for (name, out) in [("prox-hybrid", x), ("score-ode", y)] {
+        let (m, v) = moments(&out);
+        for d in 0..2 {
+            assert!(
+                (m[d] - MEAN[d] as f64).abs() < 0.02,
+                "{name}: mean[{d}] {} vs {}",
+                m[d],
+                MEAN[d]
+            );
+            assert!(
+                (v[d] - STD * STD).abs() < 0.02,
+                "{name}: var[{d}] {} vs {}",
+                v[d],
+                STD * STD
+            );
+        }
+    }
+}

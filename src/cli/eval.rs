@@ -4,7 +4,7 @@
 use std::fmt::Write;
 use std::path::PathBuf;
 
-use crate::cli::sample::{draw_images, sampler_by_name};
+use crate::cli::sample::{draw_images, draw_tails, sampler_by_name};
 use crate::diffusion::denoise;
 use crate::diffusion::metric::{READ_THRESHOLD, SampleReport, Scorer, mean_cov, report};
 use crate::diffusion::oracles::{Network, Tweedie};
@@ -58,6 +58,14 @@ pub struct EvalArgs {
     /// Tweedie's formula (its MMSE denoiser). Needs no classifier.
     #[arg(long)]
     pub denoise: bool,
+    /// Where along the trajectory quality is lost: for each K given (comma-separated, each at
+    /// most the step count), run only the last K of each sampler's steps, from the first --n
+    /// training images noised by the forward process to where those K steps begin, and score
+    /// the results as samples (the `steps` column reads K/N). K = N is plain sampling; the
+    /// real-images row is the same training images untouched, so a row's distance above it is
+    /// what the last K steps lose.
+    #[arg(long, value_delimiter = ',')]
+    pub from_data: Vec<usize>,
 }
 
 const ALL: [&str; 7] = [
@@ -74,6 +82,20 @@ const ALL: [&str; 7] = [
 pub fn run(engine: &Engine, args: &EvalArgs) -> Result<String> {
     if args.denoise {
         return run_denoise(engine, args);
+    }
+    if !args.from_data.is_empty() {
+        if args.plot.is_some() {
+            return Err(Error::Config(
+                "--plot draws the Fréchet distance against steps; it does not go with \
+                 --from-data (use --out for a CSV)"
+                    .into(),
+            ));
+        }
+        if let Some(&k) = args.from_data.iter().find(|&&k| k == 0) {
+            return Err(Error::Config(format!(
+                "--from-data {k}: each K is a number of final steps, at least 1"
+            )));
+        }
     }
     let scorer = Scorer::load(&args.classifier, engine)?;
     let test = datasets::mnist(&args.data, Split::Test)?;
@@ -154,6 +176,33 @@ pub fn run(engine: &Engine, args: &EvalArgs) -> Result<String> {
             for &steps in &args.steps {
                 if name.ends_with("-backward") && steps < 10 {
                     continue; // undefined below 10 steps (some γ ≥ 2)
+                }
+                if !args.from_data.is_empty() {
+                    for &last in args.from_data.iter().filter(|&&k| k <= steps) {
+                        eprintln!(
+                            "[eval] {wname} {name}: the last {last} of {steps} steps from noised training images"
+                        );
+                        let imgs = draw_tails(
+                            engine,
+                            &model,
+                            &params,
+                            sampler,
+                            steps,
+                            last,
+                            &train.data[..k * m],
+                            args.seed,
+                            args.batch,
+                            32,
+                        )?;
+                        let (f, p) = scorer.evaluate(engine, &imgs, 250)?;
+                        row(
+                            &wname,
+                            name,
+                            &format!("{last}/{steps}"),
+                            &report(&f, &p, &real),
+                        );
+                    }
+                    continue;
                 }
                 eprintln!("[eval] {wname} {name} {steps} steps");
                 let imgs = draw_images(

@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use crate::diffusion::oracles::{Network, Tweedie};
 use crate::diffusion::samplers::{
-    ProxSampler, ScoreSampler, initial_noise, sample_prox, sample_score,
+    ProxSampler, ScoreSampler, forward_noise, initial_noise, prox_tail_start, sample_prox,
+    sample_prox_tail, sample_score, sample_score_tail, score_tail_start,
 };
 use crate::diffusion::toy::ToySampler;
 use crate::engine::Engine;
@@ -185,6 +186,65 @@ pub fn draw_images(
         ToySampler::Score(k) => sample_score(&net, &sde, k, steps, x, s),
         ToySampler::Tweedie(k) => sample_prox(&Tweedie { score: &net, sde }, &sde, k, steps, x, s),
     })
+}
+
+/// The last `last` of a sampler's `steps` steps, run from real images instead of from noise:
+/// image i of `x0` (values in [-1, 1], `n` images of `size`²·C) is noised by the forward process
+/// to where those steps begin ([`forward_noise`], a draw of p_t given the image) and the
+/// sampler continues from there. What it loses against `x0` is what its last `last` steps
+/// lose; with `last` = `steps` the start is t = 1 and the images are samples. Batches and
+/// seeds as [`draw_images`].
+#[allow(clippy::too_many_arguments)]
+pub fn draw_tails(
+    engine: &Engine,
+    model: &crate::models::Model,
+    params: &crate::graph::ParamStore,
+    sampler: ToySampler,
+    steps: usize,
+    last: usize,
+    x0: &[f32],
+    seed: u64,
+    batch: usize,
+    size: usize,
+) -> Result<Vec<f32>> {
+    let net = Network { model, params };
+    let sde = model.config.sde;
+    let c = model.config.unet.in_ch;
+    let m = c * size * size;
+    if m == 0 || !x0.len().is_multiple_of(m) {
+        return Err(Error::shape(
+            "draw_tails",
+            format!("{} values are not whole {c}×{size}×{size} images", x0.len()),
+        ));
+    }
+    let t = match sampler {
+        ToySampler::Prox(_) | ToySampler::Tweedie(_) => prox_tail_start(steps, last)?,
+        ToySampler::Score(k) => score_tail_start(k, steps, last)?,
+    };
+    let n = x0.len() / m;
+    let batch = fitted_batch(engine, batch, model.largest_tensor(size)?)?.max(1);
+    let mut out = Vec::with_capacity(x0.len());
+    let mut done = 0;
+    while done < n {
+        let b = batch.min(n - done);
+        let s = seed.wrapping_add(done as u64);
+        let clean = crate::tensor::Tensor::from_slice(
+            engine,
+            &[b, c, size, size],
+            &x0[done * m..(done + b) * m],
+        )?;
+        let x = forward_noise(&sde, &clean, t, s)?;
+        let y = match sampler {
+            ToySampler::Prox(k) => sample_prox_tail(&net, &sde, k, steps, last, x, s)?,
+            ToySampler::Score(k) => sample_score_tail(&net, &sde, k, steps, last, x, s)?,
+            ToySampler::Tweedie(k) => {
+                sample_prox_tail(&Tweedie { score: &net, sde }, &sde, k, steps, last, x, s)?
+            }
+        };
+        out.extend(y.to_vec()?);
+        done += b;
+    }
+    Ok(out)
 }
 
 /// `batch`, lowered (and evened out, as `train` does) to what the adapter holds when a batch's

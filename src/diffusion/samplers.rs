@@ -56,6 +56,19 @@ fn stream(k: usize) -> u32 {
     k as u32 + 1
 }
 
+/// x_t = √α(t)·x₀ + √(1 − α(t))·z, a draw of p_t given x₀, with z draw stream 0 of `seed` (the
+/// stream of [`initial_noise`], which the tails of [`sample_prox_tail`] and
+/// [`sample_score_tail`] replace).
+pub fn forward_noise(sde: &Sde, x0: &Tensor, t: f64, seed: u64) -> Result<Tensor> {
+    let a = sde.alpha(t);
+    let c = StepCoefs {
+        a: a.sqrt() as f32,
+        b: 0.0,
+        c: (1.0 - a).sqrt() as f32,
+    };
+    sampler::step(x0, None, c, seed, 0)
+}
+
 /// x_T ~ N(0, I) of `shape`, draw stream 0 of `seed`.
 pub fn initial_noise(engine: &crate::Engine, shape: &[usize], seed: u64) -> Result<Tensor> {
     crate::ops::noise::randn(engine, shape, seed, 0)
@@ -70,14 +83,59 @@ pub fn sample_score(
     x_t: Tensor,
     seed: u64,
 ) -> Result<Tensor> {
+    sample_score_tail(oracle, sde, kind, steps, steps, x_t, seed)
+}
+
+/// Refuses a tail of `last` steps that the `steps`-step grid does not have.
+fn check_tail(what: &'static str, steps: usize, last: usize) -> Result<()> {
     if steps == 0 {
-        return Err(Error::shape("sample_score", "needs at least 1 step"));
+        return Err(Error::shape(what, "needs at least 1 step"));
     }
+    if last == 0 || last > steps {
+        return Err(Error::shape(
+            what,
+            format!("the last {last} of {steps} steps: the tail must have 1 to {steps} steps"),
+        ));
+    }
+    Ok(())
+}
+
+/// The time at which the last `last` of a score sampler's `steps` steps begin: run from a draw
+/// of p at this time, [`sample_score_tail`] continues the sampler's trajectory from there.
+pub fn score_tail_start(kind: ScoreSampler, steps: usize, last: usize) -> Result<f64> {
+    check_tail("score sampler tail", steps, last)?;
+    Ok(match kind {
+        ScoreSampler::EulerMaruyama { eps_t, .. } => linspace(eps_t, 1.0, steps + 1)[last],
+        ScoreSampler::EulerMaruyamaDenoise { eps_t } | ScoreSampler::ProbabilityFlow { eps_t } => {
+            if steps < 2 {
+                return Err(Error::shape(
+                    "sample_score",
+                    "the denoising grid needs at least 2 steps",
+                ));
+            }
+            linspace(1.0, eps_t, steps)[steps - last]
+        }
+    })
+}
+
+/// The last `last` of a score sampler's `steps` steps (the whole sampler when `last` =
+/// `steps`), from x at [`score_tail_start`]. Each step draws the noise it draws in the full
+/// run, so a tail from the full run's own x at that time reproduces the rest of that run.
+pub fn sample_score_tail(
+    oracle: &dyn ScoreOracle,
+    sde: &Sde,
+    kind: ScoreSampler,
+    steps: usize,
+    last: usize,
+    x_t: Tensor,
+    seed: u64,
+) -> Result<Tensor> {
+    score_tail_start(kind, steps, last)?;
     let mut x = x_t;
     match kind {
         ScoreSampler::EulerMaruyama { eps_t, last_noise } => {
             let times = linspace(eps_t, 1.0, steps + 1);
-            for (k, i) in (0..steps).rev().enumerate() {
+            for (k, i) in (0..steps).rev().enumerate().skip(steps - last) {
                 let (t_now, t_new) = (times[i + 1], times[i]);
                 let g = sde.beta(t_now) * (t_now - t_new);
                 let s = oracle.score(&x, t_now as f32)?;
@@ -91,15 +149,9 @@ pub fn sample_score(
             }
         }
         ScoreSampler::EulerMaruyamaDenoise { eps_t } | ScoreSampler::ProbabilityFlow { eps_t } => {
-            if steps < 2 {
-                return Err(Error::shape(
-                    "sample_score",
-                    "the denoising grid needs at least 2 steps",
-                ));
-            }
             let ode = matches!(kind, ScoreSampler::ProbabilityFlow { .. });
             let times = linspace(1.0, eps_t, steps);
-            for (i, &t_now) in times.iter().enumerate() {
+            for (i, &t_now) in times.iter().enumerate().skip(steps - last) {
                 let dt = if i == steps - 1 {
                     eps_t
                 } else {
@@ -165,9 +217,28 @@ pub fn sample_prox(
     x_t: Tensor,
     seed: u64,
 ) -> Result<Tensor> {
-    if steps == 0 {
-        return Err(Error::shape("sample_prox", "needs at least 1 step"));
-    }
+    sample_prox_tail(oracle, sde, kind, steps, steps, x_t, seed)
+}
+
+/// The time at which the last `last` of a ProxDM sampler's `steps` steps begin, `last`/`steps`
+/// (the grid is linspace(0, 1, steps + 1)).
+pub fn prox_tail_start(steps: usize, last: usize) -> Result<f64> {
+    check_tail("ProxDM sampler tail", steps, last)?;
+    Ok(linspace(0.0, 1.0, steps + 1)[last])
+}
+
+/// The last `last` of a ProxDM sampler's `steps` steps (the whole sampler when `last` =
+/// `steps`), from x at [`prox_tail_start`], with the noise the full run draws at those steps.
+pub fn sample_prox_tail(
+    oracle: &dyn ProxOracle,
+    sde: &Sde,
+    kind: ProxSampler,
+    steps: usize,
+    last: usize,
+    x_t: Tensor,
+    seed: u64,
+) -> Result<Tensor> {
+    prox_tail_start(steps, last)?;
     if kind == ProxSampler::Backward && max_gamma(sde, steps) >= 2.0 {
         return Err(Error::shape(
             "prox-backward",
@@ -179,7 +250,11 @@ pub fn sample_prox(
         ));
     }
     let mut x = x_t;
-    for (k, (t_new, g)) in prox_steps(sde, steps).into_iter().enumerate() {
+    let tail = prox_steps(sde, steps)
+        .into_iter()
+        .enumerate()
+        .skip(steps - last);
+    for (k, (t_new, g)) in tail {
         let (c, lambda) = match kind {
             ProxSampler::Hybrid => (
                 StepCoefs {
