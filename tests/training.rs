@@ -1164,6 +1164,15 @@ fn shipped_run_configs_are_valid() {
     only_changes(&prox19.train, t, &mut prox_seeds, "stage 19", |t, p| {
         t.rao_blackwell = p.rao_blackwell
     });
+    // The twentieth: the nineteenth at ζ = 1 (the reference's first proximal-matching stage),
+    // with a new seed.
+    let prox20 = read("mnist-small-stage20.toml");
+    same_without_dropout(&prox20, &prox);
+    let t = &prox20.train;
+    assert_eq!((t.zeta_start, prox19.train.zeta_start), (1.0, 0.5));
+    only_changes(t, &prox19.train, &mut prox_seeds, "stage 20", |t, p| {
+        t.zeta_start = p.zeta_start
+    });
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
