@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::diffusion::oracles::{Network, Tweedie};
 use crate::diffusion::samplers::{
     ProxSampler, ScoreSampler, forward_noise, initial_noise, prox_tail_start, sample_prox,
-    sample_prox_tail, sample_score, sample_score_tail, score_tail_start,
+    sample_prox_tail, sample_score_tail, score_tail_start,
 };
 use crate::diffusion::toy::ToySampler;
 use crate::engine::Engine;
@@ -178,14 +178,32 @@ pub fn draw_images(
     size: usize,
 ) -> Result<Vec<f32>> {
     let net = Network { model, params };
-    let sde = model.config.sde;
     let shape = [model.config.unet.in_ch, size, size];
     let batch = fitted_batch(engine, batch, model.largest_tensor(size)?)?;
-    in_batches(engine, shape, n, seed, batch, |x, s| match sampler {
-        ToySampler::Prox(k) => sample_prox(&net, &sde, k, steps, x, s),
-        ToySampler::Score(k) => sample_score(&net, &sde, k, steps, x, s),
-        ToySampler::Tweedie(k) => sample_prox(&Tweedie { score: &net, sde }, &sde, k, steps, x, s),
+    in_batches(engine, shape, n, seed, batch, |x, s| {
+        run_tail(&net, sampler, steps, steps, x, s)
     })
+}
+
+/// The last `last` of `sampler`'s `steps` steps on `net` from x (all of them when `last` =
+/// `steps`).
+fn run_tail(
+    net: &Network<'_>,
+    sampler: ToySampler,
+    steps: usize,
+    last: usize,
+    x: crate::tensor::Tensor,
+    seed: u64,
+) -> Result<crate::tensor::Tensor> {
+    let sde = net.model.config.sde;
+    match sampler {
+        ToySampler::Prox(k) => sample_prox_tail(net, &sde, k, steps, last, x, seed),
+        ToySampler::Score(k) => sample_score_tail(net, &sde, k, steps, last, x, seed),
+        ToySampler::Tweedie(k) => {
+            let tw = Tweedie { score: net, sde };
+            sample_prox_tail(&tw, &sde, k, steps, last, x, seed)
+        }
+    }
 }
 
 /// The last `last` of a sampler's `steps` steps, run from real images instead of from noise:
@@ -234,14 +252,7 @@ pub fn draw_tails(
             &x0[done * m..(done + b) * m],
         )?;
         let x = forward_noise(&sde, &clean, t, s)?;
-        let y = match sampler {
-            ToySampler::Prox(k) => sample_prox_tail(&net, &sde, k, steps, last, x, s)?,
-            ToySampler::Score(k) => sample_score_tail(&net, &sde, k, steps, last, x, s)?,
-            ToySampler::Tweedie(k) => {
-                sample_prox_tail(&Tweedie { score: &net, sde }, &sde, k, steps, last, x, s)?
-            }
-        };
-        out.extend(y.to_vec()?);
+        out.extend(run_tail(&net, sampler, steps, last, x, s)?.to_vec()?);
         done += b;
     }
     Ok(out)
