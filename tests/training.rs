@@ -1170,8 +1170,13 @@ fn shipped_run_configs_are_valid() {
     same_without_dropout(&prox20, &prox);
     let t = &prox20.train;
     assert_eq!((t.zeta_start, prox19.train.zeta_start), (1.0, 0.5));
+    // Shorter, to fit one session: 1000 steps with a 300-step cool-down, against 1500 and 500.
+    assert_eq!((t.iters, t.cooldown), (1000, 300));
+    assert_eq!((prox19.train.iters, prox19.train.cooldown), (1500, 500));
     only_changes(t, &prox19.train, &mut prox_seeds, "stage 20", |t, p| {
-        t.zeta_start = p.zeta_start
+        t.zeta_start = p.zeta_start;
+        t.iters = p.iters;
+        t.cooldown = p.cooldown;
     });
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
