@@ -1178,6 +1178,10 @@ fn shipped_run_configs_are_valid() {
         t.iters = p.iters;
         t.cooldown = p.cooldown;
     });
+    // The twenty-first: the twentieth again, with a new seed.
+    let prox21 = read("mnist-small-stage21.toml");
+    same_without_dropout(&prox21, &prox);
+    only_changes(&prox21.train, t, &mut prox_seeds, "stage 21", |_, _| {});
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
