@@ -1182,6 +1182,14 @@ fn shipped_run_configs_are_valid() {
     let prox21 = read("mnist-small-stage21.toml");
     same_without_dropout(&prox21, &prox);
     only_changes(&prox21.train, t, &mut prox_seeds, "stage 21", |_, _| {});
+    // The twenty-second: the twenty-first at twice its proximal-matching rate, with a new seed.
+    let prox22 = read("mnist-small-stage22.toml");
+    same_without_dropout(&prox22, &prox);
+    let t = &prox22.train;
+    assert_eq!(t.pm_lr, 2.0 * prox21.train.pm_lr);
+    only_changes(t, &prox21.train, &mut prox_seeds, "stage 22", |t, p| {
+        t.pm_lr = p.pm_lr
+    });
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
