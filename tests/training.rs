@@ -1190,6 +1190,13 @@ fn shipped_run_configs_are_valid() {
     only_changes(t, &prox21.train, &mut prox_seeds, "stage 22", |t, p| {
         t.pm_lr = p.pm_lr
     });
+    // The twenty-third: the twenty-second at twice its rate again, with a new seed.
+    let prox23 = read("mnist-small-stage23.toml");
+    same_without_dropout(&prox23, &prox);
+    assert_eq!(prox23.train.pm_lr, 2.0 * t.pm_lr);
+    only_changes(&prox23.train, t, &mut prox_seeds, "stage 23", |t, p| {
+        t.pm_lr = p.pm_lr
+    });
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
