@@ -1197,6 +1197,17 @@ fn shipped_run_configs_are_valid() {
     only_changes(&prox23.train, t, &mut prox_seeds, "stage 23", |t, p| {
         t.pm_lr = p.pm_lr
     });
+    // The twenty-fourth: the twenty-second with L1 for the whole stage at its rate, new seed.
+    let prox24 = read("mnist-small-stage24.toml");
+    same_without_dropout(&prox24, &prox);
+    let p24 = &prox24.train;
+    assert_eq!((p24.l1_iters, p24.l1_lr), (p24.iters, t.pm_lr));
+    assert_eq!(schedule(&prox24, 1).0, Loss::L1);
+    assert_eq!(schedule(&prox24, p24.iters).0, Loss::L1);
+    only_changes(p24, t, &mut prox_seeds, "stage 24", |t, p| {
+        t.l1_iters = p.l1_iters;
+        t.l1_lr = p.l1_lr;
+    });
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
