@@ -1208,6 +1208,17 @@ fn shipped_run_configs_are_valid() {
         t.l1_iters = p.l1_iters;
         t.l1_lr = p.l1_lr;
     });
+    // The twenty-fifth: the twenty-third again (proximal matching at 2e-4), with a new seed.
+    let prox25 = read("mnist-small-stage25.toml");
+    same_without_dropout(&prox25, &prox);
+    assert_eq!(schedule(&prox25, 1).0, Loss::ProxMatch { zeta: 1.0 });
+    only_changes(
+        &prox25.train,
+        &prox23.train,
+        &mut prox_seeds,
+        "stage 25",
+        |_, _| {},
+    );
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
