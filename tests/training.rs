@@ -1219,6 +1219,18 @@ fn shipped_run_configs_are_valid() {
         "stage 25",
         |_, _| {},
     );
+    // The twenty-sixth: the twenty-fifth at twice its rate, with a new seed.
+    let prox26 = read("mnist-small-stage26.toml");
+    same_without_dropout(&prox26, &prox);
+    assert_eq!(prox26.train.pm_lr, 2.0 * prox25.train.pm_lr);
+    assert_eq!(schedule(&prox26, 1).0, Loss::ProxMatch { zeta: 1.0 });
+    only_changes(
+        &prox26.train,
+        &prox25.train,
+        &mut prox_seeds,
+        "stage 26",
+        |t, p| t.pm_lr = p.pm_lr,
+    );
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
