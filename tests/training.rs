@@ -1231,6 +1231,17 @@ fn shipped_run_configs_are_valid() {
         "stage 26",
         |t, p| t.pm_lr = p.pm_lr,
     );
+    // The twenty-seventh: the twenty-sixth again (proximal matching at 4e-4), with a new seed.
+    let prox27 = read("mnist-small-stage27.toml");
+    same_without_dropout(&prox27, &prox);
+    assert_eq!(schedule(&prox27, 1).0, Loss::ProxMatch { zeta: 1.0 });
+    only_changes(
+        &prox27.train,
+        &prox26.train,
+        &mut prox_seeds,
+        "stage 27",
+        |_, _| {},
+    );
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
