@@ -1242,6 +1242,17 @@ fn shipped_run_configs_are_valid() {
         "stage 27",
         |_, _| {},
     );
+    // The twenty-eighth: the twenty-seventh again, with a new seed.
+    let prox28 = read("mnist-small-stage28.toml");
+    same_without_dropout(&prox28, &prox);
+    assert_eq!(schedule(&prox28, 1).0, Loss::ProxMatch { zeta: 1.0 });
+    only_changes(
+        &prox28.train,
+        &prox27.train,
+        &mut prox_seeds,
+        "stage 28",
+        |_, _| {},
+    );
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
