@@ -1208,51 +1208,27 @@ fn shipped_run_configs_are_valid() {
         t.l1_iters = p.l1_iters;
         t.l1_lr = p.l1_lr;
     });
-    // The twenty-fifth: the twenty-third again (proximal matching at 2e-4), with a new seed.
-    let prox25 = read("mnist-small-stage25.toml");
-    same_without_dropout(&prox25, &prox);
-    assert_eq!(schedule(&prox25, 1).0, Loss::ProxMatch { zeta: 1.0 });
-    only_changes(
-        &prox25.train,
-        &prox23.train,
-        &mut prox_seeds,
-        "stage 25",
-        |_, _| {},
-    );
-    // The twenty-sixth: the twenty-fifth at twice its rate, with a new seed.
-    let prox26 = read("mnist-small-stage26.toml");
-    same_without_dropout(&prox26, &prox);
+    // From the twenty-fifth on each stage is the one before it (or the twenty-third) again or at
+    // a new rate, always proximal matching at ζ = 1 on the preset's network without dropout.
+    let pm_stage = |name: &str,
+                    base: &RunConfig,
+                    seeds: &mut Vec<u64>,
+                    restore: &dyn Fn(&mut TrainConfig, &TrainConfig)| {
+        let stage = read(name);
+        same_without_dropout(&stage, &prox);
+        assert_eq!(schedule(&stage, 1).0, Loss::ProxMatch { zeta: 1.0 });
+        only_changes(&stage.train, &base.train, seeds, name, restore);
+        stage
+    };
+    let same = |_: &mut TrainConfig, _: &TrainConfig| {};
+    let rate = |t: &mut TrainConfig, p: &TrainConfig| t.pm_lr = p.pm_lr;
+    // The twenty-fifth: the twenty-third again (2e-4). The twenty-sixth: that at twice the rate.
+    let prox25 = pm_stage("mnist-small-stage25.toml", &prox23, &mut prox_seeds, &same);
+    let prox26 = pm_stage("mnist-small-stage26.toml", &prox25, &mut prox_seeds, &rate);
     assert_eq!(prox26.train.pm_lr, 2.0 * prox25.train.pm_lr);
-    assert_eq!(schedule(&prox26, 1).0, Loss::ProxMatch { zeta: 1.0 });
-    only_changes(
-        &prox26.train,
-        &prox25.train,
-        &mut prox_seeds,
-        "stage 26",
-        |t, p| t.pm_lr = p.pm_lr,
-    );
-    // The twenty-seventh: the twenty-sixth again (proximal matching at 4e-4), with a new seed.
-    let prox27 = read("mnist-small-stage27.toml");
-    same_without_dropout(&prox27, &prox);
-    assert_eq!(schedule(&prox27, 1).0, Loss::ProxMatch { zeta: 1.0 });
-    only_changes(
-        &prox27.train,
-        &prox26.train,
-        &mut prox_seeds,
-        "stage 27",
-        |_, _| {},
-    );
-    // The twenty-eighth: the twenty-seventh again, with a new seed.
-    let prox28 = read("mnist-small-stage28.toml");
-    same_without_dropout(&prox28, &prox);
-    assert_eq!(schedule(&prox28, 1).0, Loss::ProxMatch { zeta: 1.0 });
-    only_changes(
-        &prox28.train,
-        &prox27.train,
-        &mut prox_seeds,
-        "stage 28",
-        |_, _| {},
-    );
+    // The twenty-seventh and twenty-eighth: the twenty-sixth (4e-4) again, each with a new seed.
+    let prox27 = pm_stage("mnist-small-stage27.toml", &prox26, &mut prox_seeds, &same);
+    pm_stage("mnist-small-stage28.toml", &prox27, &mut prox_seeds, &same);
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
