@@ -1226,7 +1226,7 @@ fn shipped_run_configs_are_valid() {
     let prox25 = pm_stage("mnist-small-stage25.toml", &prox23, &mut prox_seeds, &same);
     let prox26 = pm_stage("mnist-small-stage26.toml", &prox25, &mut prox_seeds, &rate);
     assert_eq!(prox26.train.pm_lr, 2.0 * prox25.train.pm_lr);
-    // The twenty-seventh to thirty-ninth: the twenty-sixth (4e-4) again, each with a new seed.
+    // The twenty-seventh to fortieth: the twenty-sixth (4e-4) again, each with a new seed.
     let prox27 = pm_stage("mnist-small-stage27.toml", &prox26, &mut prox_seeds, &same);
     let prox28 = pm_stage("mnist-small-stage28.toml", &prox27, &mut prox_seeds, &same);
     let prox29 = pm_stage("mnist-small-stage29.toml", &prox28, &mut prox_seeds, &same);
@@ -1241,6 +1241,8 @@ fn shipped_run_configs_are_valid() {
     // The thirty-eighth starts from the thirty-sixth again: the thirty-seventh was not shipped.
     let prox38 = pm_stage("mnist-small-stage38.toml", &prox36, &mut prox_seeds, &same);
     pm_stage("mnist-small-stage39.toml", &prox38, &mut prox_seeds, &same);
+    // The fortieth starts from the thirty-eighth again: the thirty-ninth was not shipped.
+    pm_stage("mnist-small-stage40.toml", &prox38, &mut prox_seeds, &same);
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
