@@ -1258,6 +1258,8 @@ fn shipped_run_configs_are_valid() {
     let prox46 = pm_stage("mnist-small-stage46.toml", &prox45, &mut prox_seeds, &same);
     // The forty-seventh: the forty-sixth again, with a new seed.
     pm_stage("mnist-small-stage47.toml", &prox46, &mut prox_seeds, &same);
+    // The forty-eighth starts from the forty-sixth again: the forty-seventh was not shipped.
+    pm_stage("mnist-small-stage48.toml", &prox46, &mut prox_seeds, &same);
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
