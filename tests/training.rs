@@ -1260,6 +1260,9 @@ fn shipped_run_configs_are_valid() {
     pm_stage("mnist-small-stage47.toml", &prox46, &mut prox_seeds, &same);
     // The forty-eighth starts from the forty-sixth again: the forty-seventh was not shipped.
     pm_stage("mnist-small-stage48.toml", &prox46, &mut prox_seeds, &same);
+    // The forty-ninth: the forty-sixth at half its rate (1e-4), the forty-eighth not shipped either.
+    let prox49 = pm_stage("mnist-small-stage49.toml", &prox46, &mut prox_seeds, &rate);
+    assert_eq!(2.0 * prox49.train.pm_lr, prox46.train.pm_lr);
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
