@@ -1208,8 +1208,8 @@ fn shipped_run_configs_are_valid() {
         t.l1_iters = p.l1_iters;
         t.l1_lr = p.l1_lr;
     });
-    // From the twenty-fifth on each stage is the one before it (or the twenty-third) again or at
-    // a new rate, always proximal matching at ζ = 1 on the preset's network without dropout.
+    // From the twenty-fifth on each stage is the last shipped stage again or at a new rate, always
+    // proximal matching at ζ = 1 on the preset's network without dropout.
     let pm_stage = |name: &str,
                     base: &RunConfig,
                     seeds: &mut Vec<u64>,
