@@ -131,6 +131,18 @@ enum Command {
     /// MAP-denoise a PNG with an LPN denoiser trained at that noise level (one application of
     /// f, the prox of the learned regulariser).
     Denoise(proxdm::cli::lpn::DenoiseArgs),
+    /// Average weight files of one model element-wise (a "model soup" of runs that started
+    /// from the same weights, e.g. one stage trained with several seeds). Needs no GPU.
+    Average {
+        /// Weight files (.safetensors) of one model, at least two; a file listed twice counts
+        /// twice.
+        #[arg(required = true, num_args = 2..)]
+        inputs: Vec<PathBuf>,
+        /// Output weights file (.safetensors), written atomically; the inputs are listed in
+        /// its metadata under "proxdm.averaged".
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write standard Gaussian noise (reproducible for a seed) as float32 .npy.
     Randn {
         /// Shape, comma-separated, e.g. 4,1,32,32.
@@ -258,6 +270,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let engine = proxdm::Engine::with_request(&request)?;
             print!("{}", proxdm::cli::lpn::denoise(&engine, &args)?);
         }
+        Command::Average { inputs, out } => println!("{}", apply::average(&inputs, &out)?),
         Command::Randn { shape, seed, out } => {
             let engine = proxdm::Engine::with_request(&request)?;
             println!("{}", apply::randn(&engine, &shape, seed, &out)?);

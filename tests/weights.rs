@@ -1,5 +1,5 @@
-//! Weight files: round trip, the reference's `model.` prefix, and every bad-file case refused
-//! with a message that names the problem.
+//! Weight files: round trip, the reference's `model.` prefix, every bad-file case refused with a
+//! message that names the problem, and averaging files of one model.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -183,4 +183,125 @@ fn bad_files_are_refused_with_the_reason() {
     nan[0].2[..4].copy_from_slice(&f32::NAN.to_le_bytes());
     let err = load_err(&file(&nan, Dtype::F32, meta()), None);
     assert!(err.contains("not finite"), "{err}");
+}
+
+/// The floats of a tensor's little-endian bytes.
+fn floats(bytes: &[u8]) -> Vec<f32> {
+    bytemuck::pod_collect_to_vec(bytes)
+}
+
+/// `weights::average` and `proxdm average`: each tensor is the element-wise mean of the files'
+/// (checked against the mean taken here in f64), a file listed twice counts twice, the result
+/// loads as the same model and lists its inputs; files of different models are refused.
+#[test]
+fn averaged_weights_are_the_mean_of_the_files() {
+    let dir = std::env::temp_dir().join(format!("proxdm-avg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let (a, b) = (host_params(5), host_params(6));
+    let pa = write("a.safetensors", &file(&a, Dtype::F32, meta()));
+    let pb = write("b.safetensors", &file(&b, Dtype::F32, meta()));
+    let out = dir.join("mean.safetensors");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_proxdm"))
+        .args(["average", "--out"])
+        .args([&out, &pa, &pb, &pb])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(said.contains("the mean of 3 weight files"), "{said}");
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.len(), a.len());
+    for ((name, shape, xa), (_, _, xb)) in a.iter().zip(&b) {
+        let view = st.tensor(name).unwrap();
+        assert_eq!(view.shape(), shape.as_slice(), "{name}");
+        let want: Vec<f32> = floats(xa)
+            .iter()
+            .zip(floats(xb))
+            .map(|(&x, y)| ((x as f64 + 2.0 * y as f64) / 3.0) as f32)
+            .collect();
+        assert_eq!(floats(view.data()), want, "{name}");
+    }
+    let (_, meta_read) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let listed = &meta_read.metadata().as_ref().unwrap()[weights::AVERAGED_KEY];
+    assert!(
+        listed.starts_with("mean of 3: ") && listed.contains("b.safetensors"),
+        "{listed}"
+    );
+    let (model, store) = weights::parse(&out, &bytes, &engine(), None).unwrap();
+    assert_eq!((model.config, store.len()), (cfg(), a.len()));
+    // An averaged file averages again with a plain one: the list of inputs is not the model.
+    let twice = weights::average(&[&out, &pa]).unwrap();
+    let st2 = safetensors::SafeTensors::deserialize(&twice).unwrap();
+    assert_eq!(st2.len(), a.len());
+
+    let err = |paths: &[&Path]| match weights::average(paths) {
+        Ok(_) => panic!("averaging {paths:?} was accepted"),
+        Err(e) => e.to_string(),
+    };
+    let e = err(&[&pa]);
+    assert!(e.contains("at least two weight files, got 1"), "{e}");
+    let e = err(&[&pa, &dir.join("none.safetensors")]);
+    assert!(e.contains("none.safetensors"), "{e}");
+    let other = ModelConfig {
+        unet: UNetConfig {
+            dropout: 0.1,
+            ..cfg().unet
+        },
+        ..cfg()
+    };
+    let other_meta = Some(HashMap::from([(
+        CONFIG_KEY.to_string(),
+        serde_json::to_string(&other).unwrap(),
+    )]));
+    let pc = write("c.safetensors", &file(&b, Dtype::F32, other_meta));
+    let e = err(&[&pa, &pc]);
+    assert!(
+        e.contains("c.safetensors") && e.contains("model config (metadata) differs"),
+        "{e}"
+    );
+    let fewer: Vec<_> = b
+        .iter()
+        .filter(|p| p.0 != "unet.head.bias")
+        .cloned()
+        .collect();
+    let pd = write("d.safetensors", &file(&fewer, Dtype::F32, meta()));
+    let e = err(&[&pa, &pd]);
+    assert!(
+        e.contains("0 more") && e.contains("1 fewer (unet.head.bias)"),
+        "{e}"
+    );
+    let mut shaped = b.clone();
+    let i = shaped
+        .iter()
+        .position(|p| p.0 == "unet.head.weight")
+        .unwrap();
+    let s = shaped[i].1.clone();
+    shaped[i].1 = vec![s[0], s[1], s[2] * s[3]];
+    let pe = write("e.safetensors", &file(&shaped, Dtype::F32, meta()));
+    let e = err(&[&pa, &pe]);
+    assert!(
+        e.contains("unet.head.weight: shape [32, 1, 9], but [32, 1, 3, 3]"),
+        "{e}"
+    );
+    let mut nan = b.clone();
+    nan[0].2[..4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    let pf = write("f.safetensors", &file(&nan, Dtype::F32, meta()));
+    let e = err(&[&pa, &pf]);
+    assert!(
+        e.contains("f.safetensors") && e.contains("not finite"),
+        "{e}"
+    );
+    // The refused runs wrote nothing.
+    assert!(!dir.join("none.safetensors").exists());
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -1,5 +1,5 @@
-//! `proxdm init`, `prox`, `score` and `randn`: write a fresh model, apply a network to a batch
-//! from a `.npy` file, make Gaussian inputs.
+//! `proxdm init`, `prox`, `score`, `randn` and `average`: write a fresh model, apply a network
+//! to a batch from a `.npy` file, make Gaussian inputs, average weight files.
 
 use std::path::Path;
 
@@ -131,4 +131,16 @@ pub fn randn(engine: &Engine, shape: &[usize], seed: u64, out: &Path) -> Result<
         },
     )?;
     Ok(format!("wrote {} {shape:?}", out.display()))
+}
+
+/// `proxdm average`: the element-wise mean of weight files of one model, written atomically.
+pub fn average(inputs: &[std::path::PathBuf], out: &Path) -> Result<String> {
+    let paths: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
+    let bytes = weights::average(&paths)?;
+    crate::io::write_atomic(out, &bytes)?;
+    Ok(format!(
+        "wrote {}: the mean of {} weight files",
+        out.display(),
+        inputs.len()
+    ))
 }

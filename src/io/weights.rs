@@ -261,29 +261,13 @@ pub fn checked_tensors(
     let mut store = ParamStore::new();
     for (name, shape) in expected {
         let view = &found[name];
-        if view.dtype() != Dtype::F32 {
-            return Err(bad(
-                path,
-                format!("{name}: dtype {:?}, expected F32", view.dtype()),
-            ));
-        }
-        if view.shape() != shape.as_slice() {
+        if view.dtype() == Dtype::F32 && view.shape() != shape.as_slice() {
             return Err(bad(
                 path,
                 format!("{name}: shape {:?}, expected {shape:?}", view.shape()),
             ));
         }
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-            return Err(bad(
-                path,
-                format!("{name}: element {i} is {} (not finite)", data[i]),
-            ));
-        }
+        let data = finite_f32(path, name, view)?;
         store.insert(
             name.clone(),
             Tensor::from_slice(engine, view.shape(), &data)?,
@@ -298,4 +282,149 @@ fn preview(names: &[String]) -> String {
         s.push_str(&format!(", … ({} more)", names.len() - 5));
     }
     s
+}
+
+/// Metadata key: the files a weight file is the mean of (written by [`average`]).
+pub const AVERAGED_KEY: &str = "proxdm.averaged";
+
+/// The element-wise mean of the tensors of several weight files of one model (a "model soup"
+/// of runs from one starting point), as safetensors bytes with the first file's metadata and
+/// the inputs listed under [`AVERAGED_KEY`]. Every file must carry the same model (metadata
+/// other than `format` and [`AVERAGED_KEY`]), tensor names and shapes, all F32 and finite; the
+/// sums are taken in f64. A file listed twice counts twice. Needs no GPU.
+pub fn average(paths: &[&Path]) -> Result<Vec<u8>> {
+    if paths.len() < 2 {
+        return Err(Error::Config(format!(
+            "averaging takes at least two weight files, got {}",
+            paths.len()
+        )));
+    }
+    let model_meta = |meta: &Option<HashMap<String, String>>| {
+        let mut m = meta.clone().unwrap_or_default();
+        m.remove("format");
+        m.remove(AVERAGED_KEY);
+        let mut v: Vec<(String, String)> = m.into_iter().collect();
+        v.sort();
+        v
+    };
+    let mut first_meta = None;
+    let mut sums: Vec<(String, Vec<usize>, Vec<f64>)> = Vec::new();
+    for &path in paths {
+        let bytes = super::read(path)?;
+        let invalid = |e: safetensors::SafeTensorError| {
+            bad(
+                path,
+                format!("not a valid safetensors file (or truncated): {e}"),
+            )
+        };
+        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(invalid)?;
+        let st = SafeTensors::deserialize(&bytes).map_err(invalid)?;
+        let this = model_meta(meta.metadata());
+        let mut tensors: Vec<(String, TensorView<'_>)> = st.tensors();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let Some((first, first_model)) = &first_meta else {
+            first_meta = Some((path, this));
+            for (name, view) in &tensors {
+                let data = finite_f32(path, name, view)?;
+                let sum = data.iter().map(|&v| v as f64).collect();
+                sums.push((name.clone(), view.shape().to_vec(), sum));
+            }
+            continue;
+        };
+        let first = first.display();
+        if &this != first_model {
+            return Err(bad(
+                path,
+                format!(
+                    "its model config (metadata) differs from {first}'s: only weights of one \
+                     model can be averaged"
+                ),
+            ));
+        }
+        let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+        let expected: Vec<&str> = sums.iter().map(|(n, _, _)| n.as_str()).collect();
+        if names != expected {
+            let extra: Vec<String> = names
+                .iter()
+                .filter(|n| !expected.contains(n))
+                .map(|n| n.to_string())
+                .collect();
+            let missing: Vec<String> = expected
+                .iter()
+                .filter(|n| !names.contains(n))
+                .map(|n| n.to_string())
+                .collect();
+            return Err(bad(
+                path,
+                format!(
+                    "its tensors differ from {first}'s: {} more ({}), {} fewer ({})",
+                    extra.len(),
+                    preview(&extra),
+                    missing.len(),
+                    preview(&missing)
+                ),
+            ));
+        }
+        for ((name, view), (_, shape, sum)) in tensors.iter().zip(&mut sums) {
+            if view.shape() != shape.as_slice() {
+                return Err(bad(
+                    path,
+                    format!("{name}: shape {:?}, but {shape:?} in {first}", view.shape()),
+                ));
+            }
+            let data = finite_f32(path, name, view)?;
+            for (s, v) in sum.iter_mut().zip(data) {
+                *s += v as f64;
+            }
+        }
+    }
+    let n = paths.len() as f64;
+    let host: Vec<(String, Vec<usize>, Vec<u8>)> = sums
+        .into_iter()
+        .map(|(name, shape, sum)| {
+            let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+            (name, shape, bytemuck::cast_slice(&mean).to_vec())
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = host
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).expect("shape matches data"),
+            )
+        })
+        .collect();
+    let (_, model) = first_meta.expect("at least two files");
+    let mut meta: HashMap<String, String> = model.into_iter().collect();
+    meta.insert("format".to_string(), "pt".to_string());
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    meta.insert(
+        AVERAGED_KEY.to_string(),
+        format!("mean of {}: {}", paths.len(), names.join(", ")),
+    );
+    safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::Gpu(format!("serialising weights: {e}")))
+}
+
+/// A tensor's data as f32, refusing another dtype or a value that is not finite.
+fn finite_f32(path: &Path, name: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {
+    if view.dtype() != Dtype::F32 {
+        return Err(bad(
+            path,
+            format!("{name}: dtype {:?}, expected F32", view.dtype()),
+        ));
+    }
+    let data: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        return Err(bad(
+            path,
+            format!("{name}: element {i} is {} (not finite)", data[i]),
+        ));
+    }
+    Ok(data)
 }
