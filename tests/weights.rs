@@ -51,6 +51,18 @@ fn file(
     safetensors::serialize(views, meta).unwrap()
 }
 
+/// The tensors with the head's 3×3 kernel flattened to 9: a wrong shape, same data.
+fn head_flattened(params: &[(String, Vec<usize>, Vec<u8>)]) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+    let mut shaped = params.to_vec();
+    let head = shaped
+        .iter_mut()
+        .find(|p| p.0 == "unet.head.weight")
+        .unwrap();
+    let s = head.1.clone();
+    head.1 = vec![s[0], s[1], s[2] * s[3]];
+    shaped
+}
+
 fn meta() -> Option<HashMap<String, String>> {
     Some(HashMap::from([(
         CONFIG_KEY.to_string(),
@@ -147,14 +159,7 @@ fn bad_files_are_refused_with_the_reason() {
         "{err}"
     );
     // A wrong shape.
-    let mut shaped = good.clone();
-    let i = shaped
-        .iter()
-        .position(|p| p.0 == "unet.head.weight")
-        .unwrap();
-    let s = shaped[i].1.clone();
-    shaped[i].1 = vec![s[0], s[1], s[2] * s[3]];
-    let err = load_err(&file(&shaped, Dtype::F32, meta()), None);
+    let err = load_err(&file(&head_flattened(&good), Dtype::F32, meta()), None);
     assert!(
         err.contains("unet.head.weight: shape [32, 1, 9], expected [32, 1, 3, 3]"),
         "{err}"
@@ -280,14 +285,10 @@ fn averaged_weights_are_the_mean_of_the_files() {
         e.contains("0 more") && e.contains("1 fewer (unet.head.bias)"),
         "{e}"
     );
-    let mut shaped = b.clone();
-    let i = shaped
-        .iter()
-        .position(|p| p.0 == "unet.head.weight")
-        .unwrap();
-    let s = shaped[i].1.clone();
-    shaped[i].1 = vec![s[0], s[1], s[2] * s[3]];
-    let pe = write("e.safetensors", &file(&shaped, Dtype::F32, meta()));
+    let pe = write(
+        "e.safetensors",
+        &file(&head_flattened(&b), Dtype::F32, meta()),
+    );
     let e = err(&[&pa, &pe]);
     assert!(
         e.contains("unet.head.weight: shape [32, 1, 9], but [32, 1, 3, 3]"),

@@ -120,7 +120,7 @@ pub fn to_bytes(config: &ModelConfig, store: &ParamStore) -> Result<Vec<u8>> {
 }
 
 /// Serialises `store` with `meta` (and `format: pt`) in the metadata.
-pub fn params_to_bytes(mut meta: HashMap<String, String>, store: &ParamStore) -> Result<Vec<u8>> {
+pub fn params_to_bytes(meta: HashMap<String, String>, store: &ParamStore) -> Result<Vec<u8>> {
     let host: Vec<(String, Vec<usize>, Vec<u8>)> = store
         .names()
         .iter()
@@ -133,6 +133,14 @@ pub fn params_to_bytes(mut meta: HashMap<String, String>, store: &ParamStore) ->
             ))
         })
         .collect::<Result<_>>()?;
+    serialize_f32(&host, meta)
+}
+
+/// Serialises host tensors (name, shape, little-endian F32 bytes) with `meta` and `format: pt`.
+fn serialize_f32(
+    host: &[(String, Vec<usize>, Vec<u8>)],
+    mut meta: HashMap<String, String>,
+) -> Result<Vec<u8>> {
     let views: Vec<(String, TensorView<'_>)> = host
         .iter()
         .map(|(n, s, b)| {
@@ -386,25 +394,14 @@ pub fn average(paths: &[&Path]) -> Result<Vec<u8>> {
             (name, shape, bytemuck::cast_slice(&mean).to_vec())
         })
         .collect();
-    let views: Vec<(String, TensorView<'_>)> = host
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), b).expect("shape matches data"),
-            )
-        })
-        .collect();
     let (_, model) = first_meta.expect("at least two files");
     let mut meta: HashMap<String, String> = model.into_iter().collect();
-    meta.insert("format".to_string(), "pt".to_string());
     let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     meta.insert(
         AVERAGED_KEY.to_string(),
         format!("mean of {}: {}", paths.len(), names.join(", ")),
     );
-    safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::Gpu(format!("serialising weights: {e}")))
+    serialize_f32(&host, meta)
 }
 
 /// A tensor's data as f32, refusing another dtype or a value that is not finite.
