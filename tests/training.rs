@@ -1264,7 +1264,9 @@ fn shipped_run_configs_are_valid() {
     let prox49 = pm_stage("mnist-small-stage49.toml", &prox46, &mut prox_seeds, &rate);
     assert_eq!(2.0 * prox49.train.pm_lr, prox46.train.pm_lr);
     // The fiftieth: the forty-ninth again, at the same half rate, with a new seed.
-    pm_stage("mnist-small-stage50.toml", &prox49, &mut prox_seeds, &same);
+    let prox50 = pm_stage("mnist-small-stage50.toml", &prox49, &mut prox_seeds, &same);
+    // The fifty-first: the fiftieth again, with a new seed.
+    pm_stage("mnist-small-stage51.toml", &prox50, &mut prox_seeds, &same);
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
