@@ -1267,6 +1267,8 @@ fn shipped_run_configs_are_valid() {
     let prox50 = pm_stage("mnist-small-stage50.toml", &prox49, &mut prox_seeds, &same);
     // The fifty-first: the fiftieth again, with a new seed.
     pm_stage("mnist-small-stage51.toml", &prox50, &mut prox_seeds, &same);
+    // The fifty-second starts from the fiftieth again: the fifty-first was not shipped.
+    pm_stage("mnist-small-stage52.toml", &prox50, &mut prox_seeds, &same);
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
