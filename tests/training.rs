@@ -1269,6 +1269,9 @@ fn shipped_run_configs_are_valid() {
     pm_stage("mnist-small-stage51.toml", &prox50, &mut prox_seeds, &same);
     // The fifty-second starts from the fiftieth again: the fifty-first was not shipped.
     pm_stage("mnist-small-stage52.toml", &prox50, &mut prox_seeds, &same);
+    // The fifty-third: the fiftieth at half its rate (5e-5), the fifty-second not shipped either.
+    let prox53 = pm_stage("mnist-small-stage53.toml", &prox50, &mut prox_seeds, &rate);
+    assert_eq!(2.0 * prox53.train.pm_lr, prox50.train.pm_lr);
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
