@@ -1272,6 +1272,10 @@ fn shipped_run_configs_are_valid() {
     // The fifty-third: the fiftieth at half its rate (5e-5), the fifty-second not shipped either.
     let prox53 = pm_stage("mnist-small-stage53.toml", &prox50, &mut prox_seeds, &rate);
     assert_eq!(2.0 * prox53.train.pm_lr, prox50.train.pm_lr);
+    // The fifty-fourth starts from the fiftieth again at the fifty-third's rate (5e-5):
+    // the fifty-third was not shipped.
+    let prox54 = pm_stage("mnist-small-stage54.toml", &prox50, &mut prox_seeds, &rate);
+    assert_eq!(prox54.train.pm_lr, prox53.train.pm_lr);
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
