@@ -11,7 +11,7 @@ pub mod tune;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use adapter::{AdapterReport, AdapterRequest};
 pub use pool::PoolStats;
@@ -30,6 +30,16 @@ const UNIFORM_RING_BYTES: u64 = 4 << 20;
 pub const MAX_PARAMS_BYTES: u64 = 256;
 /// How long a wait for the GPU may take before it is called hung.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(600);
+/// A wait polls in slices of this length and adds them up, so that time the process spent
+/// stopped (Ctrl-Z, SIGSTOP) is not counted against `WAIT_TIMEOUT`.
+const WAIT_SLICE: Duration = Duration::from_secs(5);
+
+/// The time one timed-out slice adds to a wait: what it took, but at most two slices, since
+/// a slice that took longer was a process stopped mid-wait (a software driver's threads stop
+/// with it), not a GPU at work.
+fn slice_charge(took: Duration) -> Duration {
+    took.min(2 * WAIT_SLICE)
+}
 
 /// A handle on one GPU device. Cheap to clone; all clones share the device.
 #[derive(Clone)]
@@ -451,17 +461,26 @@ impl Engine {
     }
 
     pub(crate) fn wait(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
-        let r = self.inner.device.poll(wgpu::PollType::Wait {
-            submission_index: index,
-            timeout: Some(WAIT_TIMEOUT),
-        });
-        self.check_errors()?;
-        match r {
-            Ok(_) => Ok(()),
-            Err(wgpu::PollError::Timeout) => Err(Error::Timeout {
-                seconds: WAIT_TIMEOUT.as_secs(),
-            }),
-            Err(e) => Err(Error::Gpu(e.to_string())),
+        let mut waited = Duration::ZERO;
+        loop {
+            let start = Instant::now();
+            let r = self.inner.device.poll(wgpu::PollType::Wait {
+                submission_index: index.clone(),
+                timeout: Some(WAIT_SLICE),
+            });
+            self.check_errors()?;
+            match r {
+                Ok(_) => return Ok(()),
+                Err(wgpu::PollError::Timeout) => {
+                    waited += slice_charge(start.elapsed());
+                    if waited >= WAIT_TIMEOUT {
+                        return Err(Error::Timeout {
+                            seconds: WAIT_TIMEOUT.as_secs(),
+                        });
+                    }
+                }
+                Err(e) => return Err(Error::Gpu(e.to_string())),
+            }
         }
     }
 
@@ -561,5 +580,23 @@ impl std::fmt::Debug for Engine {
             "Engine({} / {:?} / {})",
             i.name, i.backend, i.driver_info
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_stopped_mid_wait_does_not_count_as_gpu_time() {
+        // A process stopped for 13 minutes mid-slice is charged two slices, not 13 minutes.
+        assert_eq!(slice_charge(Duration::from_secs(780)), 2 * WAIT_SLICE);
+        // Slices that time out on time still add up to the timeout.
+        let (mut waited, mut slices) = (Duration::ZERO, 0);
+        while waited < WAIT_TIMEOUT {
+            waited += slice_charge(WAIT_SLICE + Duration::from_millis(1));
+            slices += 1;
+        }
+        assert_eq!(slices, 120);
     }
 }
