@@ -1276,6 +1276,10 @@ fn shipped_run_configs_are_valid() {
     // the fifty-third was not shipped.
     let prox54 = pm_stage("mnist-small-stage54.toml", &prox50, &mut prox_seeds, &rate);
     assert_eq!(prox54.train.pm_lr, prox53.train.pm_lr);
+    // The fifty-fifth starts from the fiftieth again at twice its rate (2e-4): the four
+    // stages from it at the same or lower rates were not shipped.
+    let prox55 = pm_stage("mnist-small-stage55.toml", &prox50, &mut prox_seeds, &rate);
+    assert_eq!(prox55.train.pm_lr, 2.0 * prox50.train.pm_lr);
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);
