@@ -40,6 +40,15 @@ elif [ -f "$out/checkpoint.safetensors" ]; then
 else
   echo "[stage $n] training from the shipped weights/mnist-prox-small.safetensors" >&2
   cp "$root/weights/mnist-prox-small.safetensors" "start-stage$n.safetensors"
+  # A config with more ResBlocks per level than the shipped file starts from it deepened (the
+  # new blocks are the identity, so the start computes what the shipped file does).
+  want="$(grep -m1 '^num_res_blocks' "$config" | tr -dc 0-9)"
+  have="$(head -c 65536 "start-stage$n.safetensors" | grep -ao 'num_res_blocks[^0-9]*[0-9]*' | head -1 | tr -dc 0-9)"
+  if [ -n "$want" ] && [ -n "$have" ] && [ "$want" -gt "$have" ]; then
+    echo "[stage $n] deepening the start from $have to $want ResBlocks per level" >&2
+    "$bin" deepen "start-stage$n.safetensors" --blocks "$want" --seed "$n" --out "start-stage$n-deep.safetensors"
+    mv "start-stage$n-deep.safetensors" "start-stage$n.safetensors"
+  fi
   "$bin" train --config "$config" --init "start-stage$n.safetensors" --data "$data" --out "$out" --quiet
 fi
 e=("$bin" eval --data "$data" --classifier "$root/weights/mnist-classifier.safetensors"

@@ -143,6 +143,23 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Deepen a UNet weight file: more ResBlocks per level, each new block starting as the
+    /// identity, so the output file computes what the input did and a larger network trains on
+    /// from it (`train --init`, with a config of the new depth). Needs no GPU.
+    Deepen {
+        /// Weight file (.safetensors) of a score or prox network, with its config.
+        input: PathBuf,
+        /// ResBlocks per level of the output (more than the input has).
+        #[arg(long)]
+        blocks: usize,
+        /// Seed of the new blocks' other weights (their output convs start at zero).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output weights file (.safetensors), written atomically; the source is recorded in
+        /// its metadata under "proxdm.deepened".
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write standard Gaussian noise (reproducible for a seed) as float32 .npy.
     Randn {
         /// Shape, comma-separated, e.g. 4,1,32,32.
@@ -271,6 +288,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", proxdm::cli::lpn::denoise(&engine, &args)?);
         }
         Command::Average { inputs, out } => println!("{}", apply::average(&inputs, &out)?),
+        Command::Deepen {
+            input,
+            blocks,
+            seed,
+            out,
+        } => println!("{}", apply::deepen(&input, blocks, seed, &out)?),
         Command::Randn { shape, seed, out } => {
             let engine = proxdm::Engine::with_request(&request)?;
             println!("{}", apply::randn(&engine, &shape, seed, &out)?);

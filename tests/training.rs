@@ -1280,6 +1280,26 @@ fn shipped_run_configs_are_valid() {
     // stages from it at the same or lower rates were not shipped.
     let prox55 = pm_stage("mnist-small-stage55.toml", &prox50, &mut prox_seeds, &rate);
     assert_eq!(prox55.train.pm_lr, 2.0 * prox50.train.pm_lr);
+    // The fifty-sixth: the fiftieth's recipe on the network deepened to two ResBlocks per level
+    // (`proxdm deepen`, scripts/prox-stage.sh), shortened to 800 steps (cool-down 240) to fit
+    // one session: the five stages of the one-block network from the fiftieth were not shipped.
+    let prox56 = read("mnist-small-stage56.toml");
+    let mut u = prox56.unet.clone();
+    assert_eq!((u.num_res_blocks, u.dropout), (2, 0.0));
+    (u.num_res_blocks, u.dropout) = (1, prox.unet.dropout);
+    assert_eq!(u, prox.unet);
+    assert_eq!(schedule(&prox56, 1).0, Loss::ProxMatch { zeta: 1.0 });
+    assert_eq!((prox56.train.iters, prox56.train.cooldown), (800, 240));
+    let shortened = |t: &mut TrainConfig, p: &TrainConfig| {
+        (t.iters, t.cooldown) = (p.iters, p.cooldown);
+    };
+    only_changes(
+        &prox56.train,
+        &prox50.train,
+        &mut prox_seeds,
+        "stage 56",
+        shortened,
+    );
     // The fifth score stage, its counterpart: the fourth without dropout, with a new seed.
     let score5 = read("mnist-small-score-stage5.toml");
     same_without_dropout(&score5, &score);

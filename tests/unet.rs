@@ -330,3 +330,70 @@ fn preset_flops_match_independent_counts() {
         );
     }
 }
+
+#[test]
+fn a_deepened_network_computes_what_the_original_did() {
+    use proxdm::models::deepen::deepen;
+    let mut cfg = tiny(ModelKind::Prox);
+    cfg.unet.ch_mult = vec![1, 2]; // channel changes on both paths; attention on level 1
+    let (model, pb) = Model::build(&cfg, 0).unwrap();
+    let params = random_params(&pb.into_params(), 11);
+    let old: Vec<(String, Vec<usize>, Vec<f32>)> = model
+        .names
+        .iter()
+        .zip(&params)
+        .map(|(n, h)| {
+            let v = h.data.iter().map(|&v| v as f32).collect();
+            (n.clone(), h.shape.clone(), v)
+        })
+        .collect();
+    let mut r = Lcg(5);
+    let (n, hw) = (2, 4);
+    let x = HostTensor::new(&[n, 1, hw, hw], r.vec(n * hw * hw, 1.0));
+    let (t, l) = ([0.3f32, 0.8], [0.05f32, 0.5]);
+    let host = |ps: &[(String, Vec<usize>, Vec<f32>)]| -> Vec<HostTensor> {
+        ps.iter()
+            .map(|(_, s, v)| HostTensor::new(s, v.iter().map(|&v| v as f64).collect()))
+            .collect()
+    };
+    let before = model.eps(&Cpu, &host(&old), &x, &t, Some(&l)).unwrap();
+
+    let (cfg3, grown) = deepen(&cfg, &old, 3, 1).unwrap();
+    assert_eq!(cfg3.unet.num_res_blocks, 3);
+    let (model3, pb3) = Model::build(&cfg3, 0).unwrap();
+    let names3: Vec<&str> = pb3.names().collect();
+    let got: Vec<&str> = grown.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(got, names3, "definition order of the deeper network");
+    assert!(grown.len() > old.len());
+    let after = model3.eps(&Cpu, &host(&grown), &x, &t, Some(&l)).unwrap();
+    let diff = before
+        .data
+        .iter()
+        .zip(&after.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-9, "deepened output differs by {diff}");
+
+    // The new blocks are on the path: un-zeroing one new block's output conv (down and up)
+    // changes the output.
+    for name in [
+        "unet.downblocks.2.block2.3.weight",
+        "unet.upblocks.1.block2.3.weight",
+    ] {
+        let mut p = grown.clone();
+        let i = p.iter().position(|q| q.0 == name).unwrap();
+        assert!(p[i].2.iter().all(|&v| v == 0.0), "{name} starts at zero");
+        p[i].2.iter_mut().for_each(|v| *v = 0.1);
+        let moved = model3.eps(&Cpu, &host(&p), &x, &t, Some(&l)).unwrap();
+        let d = before
+            .data
+            .iter()
+            .zip(&moved.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(d > 1e-3, "{name} does not reach the output ({d})");
+    }
+    // Not shallower, and not from a mismatched file.
+    assert!(deepen(&cfg, &old, 1, 1).is_err());
+    assert!(deepen(&cfg, &old[1..], 2, 1).is_err());
+}

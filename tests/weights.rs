@@ -306,3 +306,136 @@ fn averaged_weights_are_the_mean_of_the_files() {
     assert!(!dir.join("none.safetensors").exists());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `proxdm deepen`: the output loads as the deeper network, keeps every trained tensor under its
+/// new name, records its source, and computes what the input did on the GPU; a file that is
+/// already as deep, has no config or is an LPN is refused with the reason.
+#[test]
+fn deepened_file_loads_and_computes_the_same_prox() {
+    let e = engine();
+    let dir = std::env::temp_dir().join(format!("proxdm-deepen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = host_params(8);
+    let pa = dir.join("a.safetensors");
+    std::fs::write(&pa, file(&a, Dtype::F32, meta())).unwrap();
+    let out = dir.join("deep.safetensors");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_proxdm"))
+        .args(["deepen", "--blocks", "2", "--seed", "3", "--out"])
+        .args([&out, &pa])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        said.contains("deepened to 2 ResBlock(s) per level"),
+        "{said}"
+    );
+    let bytes = std::fs::read(&out).unwrap();
+    let (deep, deep_store) = weights::parse(&out, &bytes, &e, None).unwrap();
+    assert_eq!(deep.config.unet.num_res_blocks, 2);
+    assert_eq!(
+        ModelConfig {
+            unet: UNetConfig {
+                num_res_blocks: 1,
+                ..deep.config.unet.clone()
+            },
+            ..deep.config.clone()
+        },
+        cfg()
+    );
+    let (_, meta_read) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let source = &meta_read.metadata().as_ref().unwrap()[weights::DEEPENED_KEY];
+    assert!(
+        source.contains("a.safetensors") && source.contains("seed 3"),
+        "{source}"
+    );
+    // Two levels, one block: down = [res 0, down 1, res 2], up = [res 0, res 1, up 2, res 3,
+    // res 4]. Two blocks: down = [res 0, new, down 2, res 3, new], up = [res 0, new, res 2,
+    // up 3, res 4, new, res 6].
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let moved = [
+        ("unet.head.weight", "unet.head.weight"),
+        (
+            "unet.downblocks.0.block1.2.weight",
+            "unet.downblocks.0.block1.2.weight",
+        ),
+        (
+            "unet.downblocks.1.main.weight",
+            "unet.downblocks.2.main.weight",
+        ),
+        (
+            "unet.downblocks.2.block2.3.weight",
+            "unet.downblocks.3.block2.3.weight",
+        ),
+        (
+            "unet.upblocks.1.shortcut.weight",
+            "unet.upblocks.2.shortcut.weight",
+        ),
+        ("unet.upblocks.2.main.weight", "unet.upblocks.3.main.weight"),
+        (
+            "unet.upblocks.4.block1.0.bias",
+            "unet.upblocks.6.block1.0.bias",
+        ),
+        (
+            "lamb_embedding.embedding_mlp.0.weight",
+            "lamb_embedding.embedding_mlp.0.weight",
+        ),
+    ];
+    for (from, to) in moved {
+        let src = &a
+            .iter()
+            .find(|p| p.0 == from)
+            .unwrap_or_else(|| panic!("{from}"))
+            .2;
+        assert_eq!(
+            st.tensor(to).unwrap().data(),
+            src.as_slice(),
+            "{from} → {to}"
+        );
+    }
+    for new in [
+        "unet.downblocks.1.block2.3.weight",
+        "unet.upblocks.5.block2.3.bias",
+    ] {
+        assert!(
+            floats(st.tensor(new).unwrap().data())
+                .iter()
+                .all(|&v| v == 0.0),
+            "{new}"
+        );
+    }
+    let (model, store) = weights::parse(&pa, &std::fs::read(&pa).unwrap(), &e, None).unwrap();
+    let (x, y) = (
+        prox_out(&e, &model, &store),
+        prox_out(&e, &deep, &deep_store),
+    );
+    let diff = x
+        .iter()
+        .zip(&y)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(diff <= 1e-6, "the deepened prox differs by {diff}");
+
+    let err = |path: &Path, blocks: usize| match weights::deepen(path, blocks, 0) {
+        Ok(_) => panic!("deepening {path:?} to {blocks} was accepted"),
+        Err(e) => e.to_string(),
+    };
+    let e1 = err(&pa, 1);
+    assert!(e1.contains("already has 1 ResBlock(s) per level"), "{e1}");
+    let pn = dir.join("noconfig.safetensors");
+    std::fs::write(&pn, file(&a, Dtype::F32, None)).unwrap();
+    let e2 = err(&pn, 2);
+    assert!(e2.contains("no model config in the metadata"), "{e2}");
+    let pd = dir.join("fewer.safetensors");
+    std::fs::write(&pd, file(&a[1..], Dtype::F32, meta())).unwrap();
+    let e3 = err(&pd, 2);
+    assert!(
+        e3.contains("fewer.safetensors") && e3.contains("missing tensor"),
+        "{e3}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

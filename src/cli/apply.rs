@@ -144,3 +144,15 @@ pub fn average(inputs: &[std::path::PathBuf], out: &Path) -> Result<String> {
         inputs.len()
     ))
 }
+
+/// `proxdm deepen`: a weight file with more ResBlocks per level, the same function, written
+/// atomically.
+pub fn deepen(input: &Path, blocks: usize, seed: u64, out: &Path) -> Result<String> {
+    let bytes = weights::deepen(input, blocks, seed)?;
+    crate::io::write_atomic(out, &bytes)?;
+    Ok(format!(
+        "wrote {}: {} deepened to {blocks} ResBlock(s) per level, new blocks the identity",
+        out.display(),
+        input.display()
+    ))
+}

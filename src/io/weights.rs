@@ -404,6 +404,72 @@ pub fn average(paths: &[&Path]) -> Result<Vec<u8>> {
     serialize_f32(&host, meta)
 }
 
+/// Metadata key: the file a deepened weight file was grown from (written by [`deepen`]).
+pub const DEEPENED_KEY: &str = "proxdm.deepened";
+
+/// A UNet weight file deepened to `blocks` ResBlocks per level, new blocks starting as the
+/// identity (see [`crate::models::deepen`]), as safetensors bytes: the same function, a larger
+/// network to train on with `train --init`. The file must carry its config (metadata); other
+/// metadata (e.g. [`AVERAGED_KEY`]) is kept and the source recorded under [`DEEPENED_KEY`].
+/// Needs no GPU.
+pub fn deepen(path: &Path, blocks: usize, seed: u64) -> Result<Vec<u8>> {
+    let bytes = super::read(path)?;
+    let invalid = |e: safetensors::SafeTensorError| {
+        bad(
+            path,
+            format!("not a valid safetensors file (or truncated): {e}"),
+        )
+    };
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(invalid)?;
+    let st = SafeTensors::deserialize(&bytes).map_err(invalid)?;
+    let mut meta = meta.metadata().clone().unwrap_or_default();
+    if meta.contains_key(LPN_KEY) {
+        return Err(bad(
+            path,
+            "a learned proximal network (LPN): only UNets deepen",
+        ));
+    }
+    let config: ModelConfig = match meta.get(CONFIG_KEY) {
+        Some(json) => serde_json::from_str(json)
+            .map_err(|e| bad(path, format!("unknown model config in metadata: {e}")))?,
+        None => {
+            return Err(bad(
+                path,
+                format!("no model config in the metadata ('{CONFIG_KEY}')"),
+            ));
+        }
+    };
+    let old: Vec<crate::models::deepen::HostParam> = st
+        .tensors()
+        .iter()
+        .map(|(name, view)| {
+            let key = name.strip_prefix("model.").unwrap_or(name).to_string();
+            Ok((key, view.shape().to_vec(), finite_f32(path, name, view)?))
+        })
+        .collect::<Result<_>>()?;
+    let (new_config, params) = crate::models::deepen::deepen(&config, &old, blocks, seed)
+        .map_err(|e| bad(path, e.to_string()))?;
+    meta.remove("format");
+    meta.insert(
+        CONFIG_KEY.to_string(),
+        serde_json::to_string(&new_config).expect("config serialises"),
+    );
+    meta.insert(
+        DEEPENED_KEY.to_string(),
+        format!(
+            "{} with {} ResBlock(s) per level, deepened to {blocks} (new blocks start as the \
+             identity, seed {seed})",
+            path.display(),
+            config.unet.num_res_blocks
+        ),
+    );
+    let host: Vec<(String, Vec<usize>, Vec<u8>)> = params
+        .into_iter()
+        .map(|(n, s, v)| (n, s, bytemuck::cast_slice(&v).to_vec()))
+        .collect();
+    serialize_f32(&host, meta)
+}
+
 /// A tensor's data as f32, refusing another dtype or a value that is not finite.
 fn finite_f32(path: &Path, name: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {
     if view.dtype() != Dtype::F32 {

@@ -2,6 +2,7 @@
 //! MNIST classifier of the metric.
 
 pub mod classifier;
+pub mod deepen;
 pub mod lpn;
 pub mod unet;
 
