@@ -365,13 +365,15 @@ fn a_deepened_network_computes_what_the_original_did() {
     let got: Vec<&str> = grown.iter().map(|p| p.0.as_str()).collect();
     assert_eq!(got, names3, "definition order of the deeper network");
     assert!(grown.len() > old.len());
+    let max_diff = |a: &HostTensor, b: &HostTensor| {
+        a.data
+            .iter()
+            .zip(&b.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max)
+    };
     let after = model3.eps(&Cpu, &host(&grown), &x, &t, Some(&l)).unwrap();
-    let diff = before
-        .data
-        .iter()
-        .zip(&after.data)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let diff = max_diff(&before, &after);
     assert!(diff < 1e-9, "deepened output differs by {diff}");
 
     // The new blocks are on the path: un-zeroing one new block's output conv (down and up)
@@ -385,12 +387,7 @@ fn a_deepened_network_computes_what_the_original_did() {
         assert!(p[i].2.iter().all(|&v| v == 0.0), "{name} starts at zero");
         p[i].2.iter_mut().for_each(|v| *v = 0.1);
         let moved = model3.eps(&Cpu, &host(&p), &x, &t, Some(&l)).unwrap();
-        let d = before
-            .data
-            .iter()
-            .zip(&moved.data)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
+        let d = max_diff(&before, &moved);
         assert!(d > 1e-3, "{name} does not reach the output ({d})");
     }
     // Not shallower, and not from a mismatched file.

@@ -195,6 +195,21 @@ fn floats(bytes: &[u8]) -> Vec<f32> {
     bytemuck::pod_collect_to_vec(bytes)
 }
 
+/// Runs the proxdm binary with `args`, asserting it succeeds; its standard output.
+fn run_proxdm(args: &[&std::ffi::OsStr]) -> String {
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_proxdm"))
+        .args(args)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    said
+}
+
 /// `weights::average` and `proxdm average`: each tensor is the element-wise mean of the files'
 /// (checked against the mean taken here in f64), a file listed twice counts twice, the result
 /// loads as the same model and lists its inputs; files of different models are refused.
@@ -211,17 +226,14 @@ fn averaged_weights_are_the_mean_of_the_files() {
     let pa = write("a.safetensors", &file(&a, Dtype::F32, meta()));
     let pb = write("b.safetensors", &file(&b, Dtype::F32, meta()));
     let out = dir.join("mean.safetensors");
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_proxdm"))
-        .args(["average", "--out"])
-        .args([&out, &pa, &pb, &pb])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let said = run_proxdm(&[
+        "average".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        pa.as_os_str(),
+        pb.as_os_str(),
+        pb.as_os_str(),
+    ]);
     assert!(said.contains("the mean of 3 weight files"), "{said}");
     let bytes = std::fs::read(&out).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -319,17 +331,10 @@ fn deepened_file_loads_and_computes_the_same_prox() {
     let pa = dir.join("a.safetensors");
     std::fs::write(&pa, file(&a, Dtype::F32, meta())).unwrap();
     let out = dir.join("deep.safetensors");
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_proxdm"))
-        .args(["deepen", "--blocks", "2", "--seed", "3", "--out"])
-        .args([&out, &pa])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let args = ["deepen", "--blocks", "2", "--seed", "3", "--out"];
+    let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    args.extend([out.as_os_str(), pa.as_os_str()]);
+    let said = run_proxdm(&args);
     assert!(
         said.contains("deepened to 2 ResBlock(s) per level"),
         "{said}"

@@ -319,15 +319,8 @@ pub fn average(paths: &[&Path]) -> Result<Vec<u8>> {
     let mut sums: Vec<(String, Vec<usize>, Vec<f64>)> = Vec::new();
     for &path in paths {
         let bytes = super::read(path)?;
-        let invalid = |e: safetensors::SafeTensorError| {
-            bad(
-                path,
-                format!("not a valid safetensors file (or truncated): {e}"),
-            )
-        };
-        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(invalid)?;
-        let st = SafeTensors::deserialize(&bytes).map_err(invalid)?;
-        let this = model_meta(meta.metadata());
+        let (meta, st) = open(path, &bytes)?;
+        let this = model_meta(&meta);
         let mut tensors: Vec<(String, TensorView<'_>)> = st.tensors();
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         let Some((first, first_model)) = &first_meta else {
@@ -414,15 +407,8 @@ pub const DEEPENED_KEY: &str = "proxdm.deepened";
 /// Needs no GPU.
 pub fn deepen(path: &Path, blocks: usize, seed: u64) -> Result<Vec<u8>> {
     let bytes = super::read(path)?;
-    let invalid = |e: safetensors::SafeTensorError| {
-        bad(
-            path,
-            format!("not a valid safetensors file (or truncated): {e}"),
-        )
-    };
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(invalid)?;
-    let st = SafeTensors::deserialize(&bytes).map_err(invalid)?;
-    let mut meta = meta.metadata().clone().unwrap_or_default();
+    let (meta, st) = open(path, &bytes)?;
+    let mut meta = meta.unwrap_or_default();
     if meta.contains_key(LPN_KEY) {
         return Err(bad(
             path,
@@ -468,6 +454,22 @@ pub fn deepen(path: &Path, blocks: usize, seed: u64) -> Result<Vec<u8>> {
         .map(|(n, s, v)| (n, s, bytemuck::cast_slice(&v).to_vec()))
         .collect();
     serialize_f32(&host, meta)
+}
+
+/// A safetensors file's metadata and tensors, refusing bytes that are not one.
+fn open<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+) -> Result<(Option<HashMap<String, String>>, SafeTensors<'a>)> {
+    let invalid = |e: safetensors::SafeTensorError| {
+        bad(
+            path,
+            format!("not a valid safetensors file (or truncated): {e}"),
+        )
+    };
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(invalid)?;
+    let st = SafeTensors::deserialize(bytes).map_err(invalid)?;
+    Ok((meta.metadata().clone(), st))
 }
 
 /// A tensor's data as f32, refusing another dtype or a value that is not finite.
