@@ -29,8 +29,7 @@ enum Source {
     /// The layer with this index in the old network's `downblocks` / `upblocks`.
     Old(usize),
     /// A new ResBlock, initialised as the identity.
-    NewDown,
-    NewUp,
+    New,
 }
 
 /// For each layer of the deepened down path (resp. up path), its source.
@@ -42,7 +41,7 @@ fn layer_sources(levels: usize, k: usize, k2: usize) -> (Vec<Source>, Vec<Source
                 down.push(Source::Old(old));
                 old += 1;
             } else {
-                down.push(Source::NewDown);
+                down.push(Source::New);
             }
         }
         if i + 1 != levels {
@@ -57,7 +56,7 @@ fn layer_sources(levels: usize, k: usize, k2: usize) -> (Vec<Source>, Vec<Source
             if m == 0 {
                 up.push(Source::Old(level_start));
             } else if m <= k2 - k {
-                up.push(Source::NewUp);
+                up.push(Source::New);
             } else {
                 up.push(Source::Old(level_start + m - (k2 - k)));
             }
@@ -145,7 +144,7 @@ pub fn deepen(
                     }
                 }
             }
-            Some((_, Source::NewDown | Source::NewUp, tail)) => {
+            Some((_, Source::New, tail)) => {
                 if tail.starts_with("block2.3.") || tail.starts_with("attn.proj.") {
                     vec![0.0; fresh.len()]
                 } else if tail == "shortcut.weight" {
@@ -179,11 +178,11 @@ mod tests {
         // Two levels, 1 → 2 blocks. Old down: res0, down1, res2; old up: res0, res1, up2, res3,
         // res4.
         let (down, up) = layer_sources(2, 1, 2);
-        assert_eq!(down, [Old(0), NewDown, Old(1), Old(2), NewDown]);
-        assert_eq!(up, [Old(0), NewUp, Old(1), Old(2), Old(3), NewUp, Old(4)]);
+        assert_eq!(down, [Old(0), New, Old(1), Old(2), New]);
+        assert_eq!(up, [Old(0), New, Old(1), Old(2), Old(3), New, Old(4)]);
         // 2 → 4 blocks on one level: old up res0 res1 res2.
         let (down, up) = layer_sources(1, 2, 4);
-        assert_eq!(down, [Old(0), Old(1), NewDown, NewDown]);
-        assert_eq!(up, [Old(0), NewUp, NewUp, Old(1), Old(2)]);
+        assert_eq!(down, [Old(0), Old(1), New, New]);
+        assert_eq!(up, [Old(0), New, New, Old(1), Old(2)]);
     }
 }
